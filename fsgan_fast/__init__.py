@@ -1,0 +1,27 @@
+"""fsgan_fast: few-shot and single-image GANs with fused Triton/CUDA hot paths."""
+
+from fsgan_fast import ops  # defines the op schemas before the extension registers kernels for them
+from fsgan_fast import _ext
+
+_ext.load()
+
+from fsgan_fast import nn  # noqa: E402
+from fsgan_fast.backends import (  # noqa: E402
+    BackendUnavailableError,
+    format_info,
+    last_backend,
+    set_backend,
+    use_backend,
+)
+from fsgan_fast.backends import info as _info  # noqa: E402
+
+
+def info(print_out: bool = False) -> dict:
+    """Versions, devices, which backends built and which each op uses; prints a table if asked."""
+    data = _info()
+    if print_out:
+        print(format_info(data))
+    return data
+
+
+__all__ = ["ops", "nn", "info", "format_info", "set_backend", "use_backend", "last_backend", "BackendUnavailableError"]

@@ -1,0 +1,231 @@
+"""Which implementation of each hot-path op runs, and why.
+
+Backends: ``reference`` (plain PyTorch, always there), ``triton`` (``kernels/``), ``cuda`` and ``cpu``
+(the compiled extension ``fsgan_fast._C``). ``auto`` takes the fastest available for the op and the
+tensors' device: ``cuda > triton > reference`` on a GPU, ``cpu > reference`` on the CPU.
+
+The choice comes from, strongest first: the per-call ``backend=`` argument, :func:`use_backend`, then
+:func:`set_backend`, then the ``FSGAN_FAST_BACKEND`` variable. An explicit backend that cannot run
+raises :class:`BackendUnavailableError` naming what is missing; ``auto`` degrades, warns once, and
+records the reason in :func:`info`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import importlib.util
+import logging
+import os
+import threading
+import warnings
+from typing import Iterator
+
+import torch
+
+from fsgan_fast import _ext
+
+log = logging.getLogger("fsgan_fast")
+
+BACKENDS = ("reference", "triton", "cuda", "cpu")
+_AUTO_ORDER = {"cuda": ("cuda", "triton", "reference"), "cpu": ("cpu", "reference")}
+_TRITON_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+
+
+class BackendUnavailableError(RuntimeError):
+    """An explicitly requested backend cannot run this op on these tensors."""
+
+
+@dataclasses.dataclass(frozen=True)
+class OpSpec:
+    """What a hot-path op implements: its backends and the private native op names."""
+
+    name: str
+    backends: tuple[str, ...]
+    native: str  # private op stem: torch.ops.fsgan_fast.<native>_cpu / <native>_cuda
+    triton_dtypes: tuple[torch.dtype, ...] = _TRITON_DTYPES
+
+
+_OPS: dict[str, OpSpec] = {}
+_state = threading.local()
+_global_choice: str | None = None
+_last: dict[str, str] = {}
+_degraded: dict[tuple[str, str], str] = {}
+
+
+def register_op(spec: OpSpec) -> OpSpec:
+    _OPS[spec.name] = spec
+    return spec
+
+
+def registered_ops() -> tuple[str, ...]:
+    return tuple(_OPS)
+
+
+def _validate_name(name: str) -> str:
+    name = name.lower().strip()
+    if name != "auto" and name not in BACKENDS:
+        raise ValueError(f"unknown backend {name!r}; expected one of 'auto', {', '.join(map(repr, BACKENDS))}")
+    return name
+
+
+def set_backend(name: str | None) -> None:
+    """Select a backend for every op process-wide (``None`` or ``'auto'`` restores automatic choice)."""
+    global _global_choice
+    _global_choice = None if name is None else _validate_name(name)
+
+
+@contextlib.contextmanager
+def use_backend(name: str) -> Iterator[None]:
+    """Select a backend inside a ``with`` block (this thread only); nests and restores on exit."""
+    name = _validate_name(name)
+    stack = _state.__dict__.setdefault("stack", [])
+    stack.append(name)
+    try:
+        yield
+    finally:
+        stack.pop()
+
+
+def requested_backend(per_call: str | None = None) -> str:
+    """The backend asked for, strongest source first; ``'auto'`` when nobody asked."""
+    if per_call is not None:
+        return _validate_name(per_call)
+    stack = getattr(_state, "stack", None)
+    if stack:
+        return stack[-1]
+    if _global_choice is not None:
+        return _global_choice
+    env = os.environ.get("FSGAN_FAST_BACKEND")
+    return _validate_name(env) if env else "auto"
+
+
+def triton_interpreted() -> bool:
+    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+
+
+def triton_installed() -> bool:
+    return importlib.util.find_spec("triton") is not None
+
+
+def why_unavailable(op: str, backend: str, device: torch.device, dtype: torch.dtype | None = None) -> str | None:
+    """``None`` if ``backend`` can run ``op`` on tensors of ``device``/``dtype``, else what is missing."""
+    spec = _OPS[op]
+    if backend not in spec.backends:
+        return f"op {op!r} has no {backend!r} implementation"
+    if backend == "reference":
+        return None
+    if backend == "triton":
+        if not triton_installed():
+            return "the 'triton' package is not installed (pip install triton)"
+        if device.type == "cpu" and not triton_interpreted():
+            return "Triton kernels need a CUDA tensor (or TRITON_INTERPRET=1 to run them on the CPU)"
+        if device.type not in ("cuda", "cpu"):
+            return f"Triton kernels do not run on {device.type!r} tensors"
+        if dtype is not None and dtype not in spec.triton_dtypes:
+            return f"the Triton kernel supports {', '.join(str(d) for d in spec.triton_dtypes)}, not {dtype}"
+        return None
+    # cuda / cpu: compiled extension
+    if _ext.C is None:
+        return f"the compiled extension fsgan_fast._C is not loaded ({_ext.load_error})"
+    if backend == "cpu":
+        if device.type != "cpu":
+            return f"the 'cpu' backend needs CPU tensors, got {device.type!r}"
+        if not _ext.has_kernel(f"{spec.native}_cpu", "CPU"):
+            return f"fsgan_fast._C has no CPU kernel for {op!r}"
+        return None
+    if device.type != "cuda":
+        return f"the 'cuda' backend needs CUDA tensors, got {device.type!r}"
+    if not _ext.built_with_cuda():
+        return "fsgan_fast._C was built without CUDA kernels (no nvcc/CUDA_HOME at build time, or FSGAN_FAST_BUILD_CUDA=0)"
+    if not _ext.has_kernel(f"{spec.native}_cuda", "CUDA"):
+        return f"fsgan_fast._C has no CUDA kernel for {op!r}"
+    return None
+
+
+def resolve(op: str, device: torch.device, dtype: torch.dtype | None = None, per_call: str | None = None) -> str:
+    """Pick the concrete backend for one call of ``op``; records it for :func:`last_backend`."""
+    asked = requested_backend(per_call)
+    if asked != "auto":
+        reason = why_unavailable(op, asked, device, dtype)
+        if reason is not None:
+            raise BackendUnavailableError(f"backend {asked!r} cannot run {op!r} on {device.type}/{dtype}: {reason}")
+        chosen = asked
+    else:
+        chosen = "reference"
+        order = _AUTO_ORDER.get(device.type, ("reference",))
+        for candidate in order:
+            reason = why_unavailable(op, candidate, device, dtype)
+            if reason is None:
+                chosen = candidate
+                break
+            key = (op, f"{candidate}@{device.type}")
+            if key not in _degraded:
+                _degraded[key] = reason
+                if candidate != "triton" or device.type == "cuda":
+                    warnings.warn(f"fsgan_fast: {op} skips backend {candidate!r}: {reason}", RuntimeWarning, stacklevel=3)
+    _last[op] = chosen
+    return chosen
+
+
+def last_backend(op: str) -> str | None:
+    """The backend the most recent call of ``op`` resolved to (``None`` before any call)."""
+    return _last.get(op)
+
+
+def info() -> dict:
+    """Versions, devices, what built, and which backend each op takes on each device."""
+    devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+    out: dict = {
+        "fsgan_fast": _ext.package_version(),
+        "torch": torch.__version__,
+        "torch_cuda": torch.version.cuda,
+        "triton": _ext.module_version("triton"),
+        "triton_interpret": triton_interpreted(),
+        "gpus": [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
+        if torch.cuda.is_available()
+        else [],
+        "extension": {
+            "loaded": _ext.C is not None,
+            "cuda_kernels": _ext.built_with_cuda(),
+            "error": _ext.load_error,
+        },
+        "requested": requested_backend(),
+        "ops": {},
+        "degraded": {f"{op} ({where})": why for (op, where), why in _degraded.items()},
+    }
+    for op, spec in _OPS.items():
+        row = {}
+        for dev in devices:
+            device = torch.device(dev)
+            per_backend = {b: why_unavailable(op, b, device) or "available" for b in spec.backends}
+            try:
+                auto = resolve(op, device) if requested_backend() == "auto" else requested_backend()
+            except BackendUnavailableError as exc:  # an explicit choice that cannot run here
+                auto = f"error: {exc}"
+            row[dev] = {"auto": auto, "backends": per_backend}
+        out["ops"][op] = row
+    _last.clear()  # info() probing must not look like real calls
+    return out
+
+
+def format_info(data: dict | None = None) -> str:
+    data = info() if data is None else data
+    lines = [
+        f"fsgan_fast {data['fsgan_fast']}  torch {data['torch']} (CUDA {data['torch_cuda']})  triton {data['triton']}",
+        f"GPUs: {', '.join(data['gpus']) or 'none'}   TRITON_INTERPRET: {int(data['triton_interpret'])}",
+        "extension fsgan_fast._C: "
+        + (
+            f"loaded, CUDA kernels {'built' if data['extension']['cuda_kernels'] else 'not built'}"
+            if data["extension"]["loaded"]
+            else f"not loaded ({data['extension']['error']})"
+        ),
+        f"requested backend: {data['requested']}",
+        "",
+        f"{'op':<22}{'device':<8}{'uses':<12}backends",
+    ]
+    for op, row in data["ops"].items():
+        for dev, cell in row.items():
+            avail = ", ".join(b if why == "available" else f"{b} (no: {why})" for b, why in cell["backends"].items())
+            lines.append(f"{op:<22}{dev:<8}{cell['auto']:<12}{avail}")
+    return "\n".join(lines)

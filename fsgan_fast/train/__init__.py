@@ -1,0 +1,1 @@
+"""fsgan_fast.train."""
