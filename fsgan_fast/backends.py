@@ -143,6 +143,17 @@ def why_unavailable(op: str, backend: str, device: torch.device, dtype: torch.dt
     return None
 
 
+def _auto_choice(op: str, device: torch.device, dtype: torch.dtype | None) -> tuple[str, list[tuple[str, str]]]:
+    """The first available backend in auto order, and (backend, reason) for each one skipped before it."""
+    skipped = []
+    for candidate in _AUTO_ORDER.get(device.type, ("reference",)):
+        reason = why_unavailable(op, candidate, device, dtype)
+        if reason is None:
+            return candidate, skipped
+        skipped.append((candidate, reason))
+    return "reference", skipped
+
+
 def resolve(op: str, device: torch.device, dtype: torch.dtype | None = None, per_call: str | None = None) -> str:
     """Pick the concrete backend for one call of ``op``; records it for :func:`last_backend`."""
     asked = requested_backend(per_call)
@@ -152,16 +163,12 @@ def resolve(op: str, device: torch.device, dtype: torch.dtype | None = None, per
             raise BackendUnavailableError(f"backend {asked!r} cannot run {op!r} on {device.type}/{dtype}: {reason}")
         chosen = asked
     else:
-        chosen = "reference"
-        order = _AUTO_ORDER.get(device.type, ("reference",))
-        for candidate in order:
-            reason = why_unavailable(op, candidate, device, dtype)
-            if reason is None:
-                chosen = candidate
-                break
+        chosen, skipped = _auto_choice(op, device, dtype)
+        for candidate, reason in skipped:
             key = (op, f"{candidate}@{device.type}")
             if key not in _degraded:
                 _degraded[key] = reason
+                # on the CPU, Triton is expected to be absent: only a GPU fallback deserves a warning
                 if candidate != "triton" or device.type == "cuda":
                     warnings.warn(f"fsgan_fast: {op} skips backend {candidate!r}: {reason}", RuntimeWarning, stacklevel=3)
     _last[op] = chosen
@@ -199,13 +206,13 @@ def info() -> dict:
         for dev in devices:
             device = torch.device(dev)
             per_backend = {b: why_unavailable(op, b, device) or "available" for b in spec.backends}
-            try:
-                auto = resolve(op, device) if requested_backend() == "auto" else requested_backend()
-            except BackendUnavailableError as exc:  # an explicit choice that cannot run here
-                auto = f"error: {exc}"
+            asked = requested_backend()
+            if asked == "auto":
+                auto = _auto_choice(op, device, None)[0]
+            else:
+                auto = asked if why_unavailable(op, asked, device) is None else f"{asked} (unavailable)"
             row[dev] = {"auto": auto, "backends": per_backend}
         out["ops"][op] = row
-    _last.clear()  # info() probing must not look like real calls
     return out
 
 
