@@ -126,16 +126,14 @@ def why_unavailable(op: str, backend: str, device: torch.device, dtype: torch.dt
             return f"the Triton kernel supports {', '.join(str(d) for d in spec.triton_dtypes)}, not {dtype}"
         return None
     # cuda / cpu: compiled extension
+    if device.type != backend:
+        return f"the {backend!r} backend needs {backend.upper()} tensors, got {device.type!r}"
     if _ext.C is None:
         return f"the compiled extension fsgan_fast._C is not loaded ({_ext.load_error})"
     if backend == "cpu":
-        if device.type != "cpu":
-            return f"the 'cpu' backend needs CPU tensors, got {device.type!r}"
         if not _ext.has_kernel(f"{spec.native}_cpu", "CPU"):
             return f"fsgan_fast._C has no CPU kernel for {op!r}"
         return None
-    if device.type != "cuda":
-        return f"the 'cuda' backend needs CUDA tensors, got {device.type!r}"
     if not _ext.built_with_cuda():
         return "fsgan_fast._C was built without CUDA kernels (no nvcc/CUDA_HOME at build time, or FSGAN_FAST_BUILD_CUDA=0)"
     if not _ext.has_kernel(f"{spec.native}_cuda", "CUDA"):
@@ -169,7 +167,7 @@ def resolve(op: str, device: torch.device, dtype: torch.dtype | None = None, per
             if key not in _degraded:
                 _degraded[key] = reason
                 # on the CPU, Triton is expected to be absent: only a GPU fallback deserves a warning
-                if candidate != "triton" or device.type == "cuda":
+                if (candidate != "triton" or device.type == "cuda") and not torch.compiler.is_compiling():
                     warnings.warn(f"fsgan_fast: {op} skips backend {candidate!r}: {reason}", RuntimeWarning, stacklevel=3)
     _last[op] = chosen
     return chosen
