@@ -1,0 +1,90 @@
+"""Shared benchmark plumbing: environment metadata, timed runs that sync once per round, HBM floor."""
+
+from __future__ import annotations
+
+import functools
+import os
+import subprocess
+
+import pytest
+import torch
+
+os.environ.setdefault("FSGAN_FAST_POISON", "0")
+
+import fsgan_fast  # noqa: E402
+
+DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def device_name() -> str:
+    return torch.cuda.get_device_name() if DEVICE.type == "cuda" else "cpu"
+
+
+@functools.cache
+def git_sha() -> str:
+    try:
+        root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True, text=True).stdout.strip() or "unknown"
+    except OSError:
+        return "unknown"
+
+
+@functools.cache
+def copy_bandwidth_gbs() -> float | None:
+    """Measured device-to-device copy bandwidth (read + write bytes per second), for the HBM floor."""
+    if DEVICE.type != "cuda":
+        return None
+    src = torch.empty(256 * 2**20, dtype=torch.uint8, device=DEVICE)
+    dst = torch.empty_like(src)
+    for _ in range(3):
+        dst.copy_(src)
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start.record()
+    for _ in range(20):
+        dst.copy_(src)
+    end.record()
+    torch.cuda.synchronize()
+    seconds = start.elapsed_time(end) / 1e3 / 20
+    return 2 * src.numel() / seconds / 1e9
+
+
+def sync() -> None:
+    if DEVICE.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def timed(benchmark, fn, *, inner: int, rounds: int, warmup: int = 2, extra: dict) -> None:
+    """Time ``fn`` launched ``inner`` times per round with one sync; store extra_info (PERFORMANCE.md fields)."""
+
+    def run():
+        for _ in range(inner):
+            fn()
+        sync()
+
+    benchmark.extra_info.update(
+        {
+            "device": device_name(),
+            "inner": inner,
+            "torch": torch.__version__,
+            "triton": fsgan_fast._ext.module_version("triton"),
+            "git_sha": git_sha(),
+            **extra,
+        }
+    )
+    nbytes = extra.get("bytes")
+    bw = copy_bandwidth_gbs()
+    if nbytes and bw:
+        benchmark.extra_info["hbm_floor_us"] = nbytes / (bw * 1e9) * 1e6
+    benchmark.pedantic(run, rounds=rounds, warmup_rounds=warmup, iterations=1)
+    stats = getattr(benchmark, "stats", None)
+    if stats is not None and nbytes:
+        per_call = stats.stats.median / inner
+        benchmark.extra_info["us_per_call"] = per_call * 1e6
+        benchmark.extra_info["gbs"] = nbytes / per_call / 1e9
+        if bw:
+            benchmark.extra_info["pct_hbm_floor"] = 100 * (nbytes / (bw * 1e9)) / per_call
+
+
+@pytest.fixture
+def device() -> torch.device:
+    return DEVICE

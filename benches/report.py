@@ -1,0 +1,49 @@
+"""Render pytest-benchmark JSON as markdown: per group, each variant's median per call and speed-up.
+
+    python benches/report.py benches/results/<file>.json [> table.md]
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections import defaultdict
+
+BASELINES = ("reference", "compiled")
+
+
+def render(path: str) -> str:
+    data = json.load(open(path))
+    machine = data.get("machine_info", {})
+    rows = defaultdict(dict)
+    meta = {}
+    for b in data["benchmarks"]:
+        ex = b.get("extra_info", {})
+        per_call_us = b["stats"]["median"] / ex.get("inner", 1) * 1e6
+        rows[b["group"]][ex.get("backend", b["name"])] = (per_call_us, ex)
+        meta = ex
+    lines = [
+        f"# {path}",
+        "",
+        f"device: {meta.get('device', '?')}; torch {meta.get('torch', '?')}; triton {meta.get('triton', '?')}; "
+        f"commit {meta.get('git_sha', '?')}; date {data.get('datetime', '?')}; host {machine.get('node', '?')}",
+        "",
+        "| group | backend | median µs/call | vs eager reference | vs torch.compile | % HBM floor |",
+        "| --- | --- | ---: | ---: | ---: | ---: |",
+    ]
+    for group in sorted(rows):
+        cells = rows[group]
+        for backend, (us, ex) in sorted(cells.items(), key=lambda kv: kv[1][0]):
+            ref = cells.get("reference", (None,))[0]
+            comp = cells.get("compiled", (None,))[0]
+            lines.append(
+                f"| {group} | {backend} | {us:,.1f} | {f'{ref / us:.1f}×' if ref else '–'} | "
+                f"{f'{comp / us:.1f}×' if comp else '–'} | {f'{ex['pct_hbm_floor']:.0f}%' if 'pct_hbm_floor' in ex else '–'} |"
+            )
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    if len(sys.argv) != 2:
+        sys.exit(__doc__)
+    sys.stdout.write(render(sys.argv[1]))
