@@ -33,13 +33,13 @@ def render(path: str) -> str:
     ]
     for group in sorted(rows):
         cells = rows[group]
+        ref = cells.get("reference", (None,))[0]
+        comp = cells.get("compiled", (None,))[0]
         for backend, (us, ex) in sorted(cells.items(), key=lambda kv: kv[1][0]):
-            ref = cells.get("reference", (None,))[0]
-            comp = cells.get("compiled", (None,))[0]
-            lines.append(
-                f"| {group} | {backend} | {us:,.1f} | {f'{ref / us:.1f}×' if ref else '–'} | "
-                f"{f'{comp / us:.1f}×' if comp else '–'} | {f'{ex['pct_hbm_floor']:.0f}%' if 'pct_hbm_floor' in ex else '–'} |"
-            )
+            vs_ref = f"{ref / us:.1f}×" if ref else "–"
+            vs_comp = f"{comp / us:.1f}×" if comp else "–"
+            floor = f"{ex['pct_hbm_floor']:.0f}%" if "pct_hbm_floor" in ex else "–"
+            lines.append(f"| {group} | {backend} | {us:,.1f} | {vs_ref} | {vs_comp} | {floor} |")
     return "\n".join(lines) + "\n"
 
 
