@@ -37,6 +37,9 @@ def _set_parallelism() -> None:
 def get_extensions():
     if _flag("FSGAN_FAST_BUILD_EXT", "1") in ("0", "false", "no"):
         return [], {}
+    # the nvcc on PATH may be a wrapper outside the toolkit; torch guesses CUDA_HOME from it at import
+    if "CUDA_HOME" not in os.environ and os.path.exists("/usr/local/cuda/bin/nvcc"):
+        os.environ["CUDA_HOME"] = "/usr/local/cuda"
     import torch
     from torch.utils import cpp_extension
 
