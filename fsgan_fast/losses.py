@@ -21,7 +21,11 @@ RECON_MODES = ("nearest", "area")
 
 @dataclasses.dataclass
 class LoFGANLossWeights:
-    """LoFGAN's loss weights (official configs): D = adv*hinge + cls_d*CE + gp*R1; G = adv*(-D) + cls_g*CE + local*L1."""
+    """LoFGAN's loss weights (official configs).
+
+    D: ``adv * hinge_d + cls_d * CE(real) + gp * r1_class_penalty``;
+    G: ``adv * hinge_g + cls_g * CE(fake) + local * local_reconstruction``.
+    """
 
     adv: float = 1.0
     cls_d: float = 1.0
@@ -35,6 +39,8 @@ def _check_tensor(name: str, t: object, *, floating: bool = True) -> None:
         raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
     if floating and not t.is_floating_point():
         raise TypeError(f"{name} must be a floating tensor, got dtype {t.dtype}")
+    if not floating and (t.is_floating_point() or t.is_complex() or t.dtype == torch.bool):
+        raise TypeError(f"{name} must be an integer tensor of class indices, got dtype {t.dtype}")
 
 
 def hinge_d_loss(real_logits: Tensor, fake_logits: Tensor) -> Tensor:
@@ -57,7 +63,9 @@ def classification_loss(logits: Tensor, labels: Tensor) -> Tensor:
     if logits.dim() != 2:
         raise ValueError(f"logits must have shape [N, n_classes], got {list(logits.shape)}")
     if labels.shape != logits.shape[:1]:
-        raise ValueError(f"labels must have shape [N={logits.shape[0]}] (one class per logit row), got {list(labels.shape)}")
+        raise ValueError(
+            f"labels must have shape [N={logits.shape[0]}] (one class per logit row), got {list(labels.shape)}"
+        )
     return F.cross_entropy(logits, labels.long())
 
 
@@ -125,13 +133,17 @@ def r1_class_penalty(real: Tensor, cls_logits: Tensor, labels: Tensor) -> Tensor
     if cls_logits.dim() != 2:
         raise ValueError(f"cls_logits must have shape [M, n_classes], got {list(cls_logits.shape)}")
     if labels.shape != cls_logits.shape[:1]:
-        raise ValueError(f"labels must have shape [M={cls_logits.shape[0]}] (one class per logit row), got {list(labels.shape)}")
+        raise ValueError(
+            f"labels must have shape [M={cls_logits.shape[0]}] (one class per logit row), got {list(labels.shape)}"
+        )
     if real.dim() == 0 or real.shape[0] == 0:
         raise ValueError(f"real must hold at least one image, got shape {list(real.shape)}")
     picked = cls_logits.gather(1, labels.long().unsqueeze(1)).mean()
     (grad,) = torch.autograd.grad(picked, real, create_graph=True, allow_unused=True)
     if grad is None:
-        raise ValueError("cls_logits does not depend on real: compute them from real (or a view of it) with grad enabled")
+        raise ValueError(
+            "cls_logits does not depend on real: compute them from real (or a view of it) with grad enabled"
+        )
     return grad.pow(2).sum() / real.shape[0]
 
 

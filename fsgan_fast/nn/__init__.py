@@ -1,5 +1,6 @@
 """Reusable layers built on the hot-path ops."""
 
+from fsgan_fast.nn.blocks import ActFirstResBlock, Conv2dBlock, kaiming_init_
 from fsgan_fast.nn.local_fusion import LocalFusion, LocalFusionOutput
 
-__all__ = ["LocalFusion", "LocalFusionOutput"]
+__all__ = ["LocalFusion", "LocalFusionOutput", "Conv2dBlock", "ActFirstResBlock", "kaiming_init_"]

@@ -1,0 +1,462 @@
+"""LoFGAN (Gu et al., ICCV 2021): k-shot image generation by fusing local representations.
+
+The networks of the official code (ALGORITHMS.md §1), restated:
+
+- :class:`LoFGANGenerator`: an encoder of reflect-padded conv + BatchNorm + LeakyReLU(0.2) blocks
+  (5x5 stride 1, then 3x3 stride 2 per further width in ``gen_channels``), the Local Fusion Module
+  (:class:`fsgan_fast.nn.LocalFusion`) over the K encoded shots, and a mirrored decoder (nearest x2 +
+  3x3 block per stage, then a 5x5 conv to RGB + tanh, no norm).
+- :class:`LoFGANDiscriminator`: FUNIT-style. Spectral-normed 5x5 stem, stages of pre-activation
+  ResBlocks + reflect pad 1 + 3x3/2 average pool, a last ResBlock, global average pooling, and two
+  linear heads without spectral norm (adversarial logit and class logits).
+- :class:`LoFGAN`: the pair, an optional EMA copy of G, and generation / similarity-map utilities.
+
+Differences from the official code, on purpose: the base shot is drawn per batch row
+(``shared_base=True`` restores one per batch); the unused ``LocalFusionModule.W`` is left out; batch
+size 1 works; the heads are ``nn.Linear`` on the pooled features (identical to its 1x1 convs).
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import math
+import numbers
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from fsgan_fast.nn.blocks import ActFirstResBlock, Conv2dBlock, kaiming_init_
+from fsgan_fast.nn.local_fusion import LocalFusion, LocalFusionOutput
+from fsgan_fast.ops import lfm_similarity
+
+
+@dataclasses.dataclass
+class LoFGANConfig:
+    """Hyper-parameters of the LoFGAN networks; the defaults are the official 128 px model.
+
+    ``size``: image side (64, 128 and 256 are tested); it must be a multiple of
+    ``2 ** (len(gen_channels) - 1)``, the encoder's downsampling (16 by default), which gives the feature
+    grid ``feature_size``. ``shots``: the K of training episodes (>= 2; the generator itself accepts any
+    K >= 2). ``n_classes``: seen classes (D's class head). ``gen_channels``: encoder widths, the decoder
+    mirrors them. ``dis_channels``: D stem width, doubled per stage up to ``dis_max_channels``.
+    ``rate``: eta, the fraction of base positions fused. ``shared_base``: one base index per batch, as
+    the official code; the default draws one per row.
+    """
+
+    size: int = 128
+    shots: int = 3
+    n_classes: int = 85
+    gen_channels: tuple[int, ...] = (32, 64, 128, 128, 128)
+    dis_channels: int = 64
+    dis_max_channels: int = 1024
+    rate: float = 0.5
+    shared_base: bool = False
+
+    def __post_init__(self) -> None:
+        self.gen_channels = tuple(int(c) for c in self.gen_channels)
+        if len(self.gen_channels) < 2 or min(self.gen_channels) < 1:
+            raise ValueError(f"gen_channels needs >= 2 positive widths, got {self.gen_channels}")
+        if self.size < 16 or self.size % self.downsample:
+            raise ValueError(
+                f"size must be >= 16 and a multiple of the encoder's downsampling {self.downsample} "
+                f"(2 ** (len(gen_channels) - 1)), got {self.size}"
+            )
+        if self.shots < 2:
+            raise ValueError(f"shots (K) must be >= 2 (a base and at least one reference), got {self.shots}")
+        if self.n_classes < 1:
+            raise ValueError(f"n_classes must be >= 1, got {self.n_classes}")
+        if self.dis_channels < 1 or self.dis_max_channels < self.dis_channels:
+            raise ValueError(
+                f"need 1 <= dis_channels <= dis_max_channels, got {self.dis_channels} and {self.dis_max_channels}"
+            )
+        if not 0.0 < self.rate <= 1.0:
+            raise ValueError(f"rate (eta) must lie in (0, 1], got {self.rate}")
+
+    @property
+    def downsample(self) -> int:
+        """Image side / feature side: 2 per stride-2 encoder block."""
+        return 2 ** (len(self.gen_channels) - 1)
+
+    @property
+    def feature_size(self) -> int:
+        """Side of the fused feature grid (8 at 128 px by default)."""
+        return self.size // self.downsample
+
+    @property
+    def dis_stages(self) -> int:
+        """Number of D downsampling stages: halve the map until it is 8x8 or smaller (64: 3, 128: 4, 256: 5)."""
+        return max(0, math.ceil(math.log2(self.size / 8)))
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["gen_channels"] = list(self.gen_channels)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> LoFGANConfig:
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - names)
+        if unknown:
+            raise ValueError(f"unknown LoFGANConfig fields {unknown}; expected a subset of {sorted(names)}")
+        return cls(**d)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Validation
+
+
+def _check_images(name: str, x: object, shape: str, dim: int, channels: int, side: int) -> Tensor:
+    if not isinstance(x, Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
+    if not x.is_floating_point():
+        raise TypeError(f"{name} must be a floating tensor (images in [-1, 1]), got dtype {x.dtype}")
+    if x.dim() != dim:
+        raise ValueError(f"{name} must be {dim}-D {shape}, got {x.dim()}-D shape {list(x.shape)}")
+    if x.shape[-3] != channels or x.shape[-2] != side or x.shape[-1] != side:
+        raise ValueError(
+            f"{name} must be {shape} with {channels} channels and side {side}, got shape {list(x.shape)}"
+        )
+    return x
+
+
+def _check_shots(x: Tensor, where: str) -> None:
+    K = x.shape[-4]
+    if K < 2:
+        raise ValueError(f"{where} needs K >= 2 shots (one base and at least one reference), got K={K}")
+
+
+# ---------------------------------------------------------------------------------------------------
+# Networks
+
+
+class LoFGANGenerator(nn.Module):
+    """Encoder -> Local Fusion Module -> decoder. See the module docstring."""
+
+    def __init__(self, cfg: LoFGANConfig):
+        super().__init__()
+        self.cfg = cfg
+        ch = cfg.gen_channels
+        enc = [Conv2dBlock(3, ch[0], 5)]
+        enc += [Conv2dBlock(ch[i - 1], ch[i], 3, stride=2) for i in range(1, len(ch))]
+        self.encoder = nn.Sequential(*enc)
+        self.fusion = LocalFusion(cfg.rate, shared_base=cfg.shared_base)
+        dec: list[nn.Module] = []
+        for i in range(len(ch) - 1, 0, -1):
+            dec += [nn.Upsample(scale_factor=2, mode="nearest"), Conv2dBlock(ch[i], ch[i - 1], 3)]
+        dec.append(Conv2dBlock(ch[0], 3, 5, norm="none", act="tanh"))
+        self.decoder = nn.Sequential(*dec)
+
+    def encode(self, xs: Tensor) -> Tensor:
+        """``[B, K, 3, S, S] -> [B, K, C, S/16, S/16]`` (C = ``gen_channels[-1]``)."""
+        _check_images("xs", xs, "[B, K, 3, S, S]", 5, 3, self.cfg.size)
+        B, K = xs.shape[:2]
+        return self.encoder(xs.flatten(0, 1)).unflatten(0, (B, K))
+
+    def decode(self, fused: Tensor) -> Tensor:
+        """``[B, C, h, w] -> [B, 3, S, S]`` in [-1, 1] (tanh)."""
+        _check_images("fused", fused, "[B, C, h, w]", 4, self.cfg.gen_channels[-1], self.cfg.feature_size)
+        return self.decoder(fused)
+
+    def forward(
+        self,
+        xs: Tensor,
+        generator: torch.Generator | None = None,
+        *,
+        base: Tensor | None = None,
+        positions: Tensor | None = None,
+        alpha: Tensor | None = None,
+    ) -> tuple[Tensor, LocalFusionOutput]:
+        """One fake per episode: ``xs [B, K, 3, S, S] -> (fake [B, 3, S, S], LocalFusionOutput)``.
+
+        The fusion's base, positions and alpha are drawn from ``generator`` (or the default RNG of xs's
+        device) unless given; pass the recorded ones to replay a generation. K may differ from
+        ``cfg.shots`` but must be >= 2.
+        """
+        if isinstance(xs, Tensor) and xs.dim() == 4:
+            raise ValueError(
+                f"xs must be a batch of episodes [B, K, 3, S, S], got 4-D shape {list(xs.shape)}: add the batch "
+                "dimension (xs.unsqueeze(0)) or use LoFGAN.generate(shots, n) for one episode"
+            )
+        _check_images("xs", xs, "[B, K, 3, S, S]", 5, 3, self.cfg.size)
+        _check_shots(xs, "LoFGANGenerator")
+        feats = self.encode(xs)
+        out = self.fusion(feats, generator, base=base, positions=positions, alpha=alpha)
+        return self.decode(out.fused), out
+
+
+class LoFGANDiscriminator(nn.Module):
+    """FUNIT-style D with an adversarial and a class head. See the module docstring.
+
+    The number of downsampling stages comes from the image side: ``cfg.dis_stages`` halvings bring the
+    map to 8x8 or smaller (64 px: 3, 128 px: 4 as the official code, 256 px: 5). Widths:
+    stem ``dis_channels``, then ``min(2 * width, dis_max_channels)`` per stage and for the last block
+    (official 128 px: 64 -> 128 -> 256 -> 512 -> 1024, last block 1024 -> 1024).
+    """
+
+    def __init__(self, cfg: LoFGANConfig):
+        super().__init__()
+        self.cfg = cfg
+        nf = cfg.dis_channels
+        self.stem = Conv2dBlock(3, nf, 5, norm="none", act="none", sn=True)
+        stages: list[nn.Module] = []
+        for _ in range(cfg.dis_stages):
+            nf_out = min(2 * nf, cfg.dis_max_channels)
+            stages.append(nn.Sequential(ActFirstResBlock(nf, nf_out), nn.ReflectionPad2d(1), nn.AvgPool2d(3, 2)))
+            nf = nf_out
+        self.stages = nn.Sequential(*stages)
+        nf_out = min(2 * nf, cfg.dis_max_channels)
+        self.final = ActFirstResBlock(nf, nf_out)
+        self.adv_head = kaiming_init_(nn.Linear(nf_out, 1))
+        self.cls_head = kaiming_init_(nn.Linear(nf_out, cfg.n_classes))
+
+    def features(self, x: Tensor) -> Tensor:
+        """``[N, 3, S, S] -> [N, C, s, s]``, the map the heads pool."""
+        return self.final(self.stages(self.stem(x)))
+
+    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """``x [N, 3, S, S] -> (adversarial logit [N], class logits [N, n_classes])``."""
+        if isinstance(x, Tensor) and x.dim() == 5:
+            raise ValueError(
+                f"x must be images [N, 3, S, S], got 5-D shape {list(x.shape)}: flatten episodes with x.flatten(0, 1)"
+            )
+        _check_images("x", x, "[N, 3, S, S]", 4, 3, self.cfg.size)
+        h = self.features(x).mean(dim=(2, 3))
+        return self.adv_head(h).squeeze(1), self.cls_head(h)
+
+
+# ---------------------------------------------------------------------------------------------------
+# The pair, EMA, generation
+
+
+class LoFGAN(nn.Module):
+    """G and D of one LoFGAN, plus an optional EMA copy of G (``gen_ema``, None until :meth:`enable_ema`).
+
+    ``gen_ema`` stays in eval mode through ``.train()``; loading a state dict that holds ``gen_ema.*``
+    keys enables it first.
+    """
+
+    def __init__(self, cfg: LoFGANConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.gen = LoFGANGenerator(cfg)
+        self.dis = LoFGANDiscriminator(cfg)
+        self.gen_ema: LoFGANGenerator | None = None
+
+    def enable_ema(self) -> None:
+        """(Re)start the EMA generator as a deep copy of ``gen``: eval mode, no grad."""
+        ema = copy.deepcopy(self.gen)
+        ema.eval()
+        ema.requires_grad_(False)
+        self.gen_ema = ema
+
+    def train(self, mode: bool = True) -> LoFGAN:
+        super().train(mode)
+        if self.gen_ema is not None:
+            self.gen_ema.eval()
+        return self
+
+    def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
+        if self.gen_ema is None and any(k.startswith("gen_ema.") for k in state_dict):
+            self.enable_ema()
+        return super().load_state_dict(state_dict, strict=strict, assign=assign)
+
+    def _pick(self, use_ema: bool) -> LoFGANGenerator:
+        return self.gen_ema if use_ema and self.gen_ema is not None else self.gen
+
+    def _prepare_shots(self, shots: Tensor, gen: LoFGANGenerator, where: str) -> Tensor:
+        if isinstance(shots, Tensor) and shots.dim() == 5:
+            raise ValueError(
+                f"{where} takes the shots of one episode [K, 3, S, S], got 5-D shape {list(shots.shape)}: "
+                "call it per episode, or run model.gen(xs) on a batch of episodes"
+            )
+        _check_images("shots", shots, "[K, 3, S, S]", 4, 3, self.cfg.size)
+        _check_shots(shots, where)
+        p = next(gen.parameters())
+        shots = shots.to(device=p.device, dtype=p.dtype)
+        lo, hi = shots.aminmax()
+        if not (lo >= -1.001 and hi <= 1.001):  # also catches NaN
+            raise ValueError(
+                f"shots must be images scaled to [-1, 1], got values in [{lo.item():.4g}, {hi.item():.4g}] "
+                "(map uint8 images with x / 127.5 - 1)"
+            )
+        return shots
+
+    @torch.no_grad()
+    def generate(
+        self,
+        shots: Tensor,
+        n: int,
+        generator: torch.Generator | None = None,
+        *,
+        batch_size: int = 64,
+        use_ema: bool = True,
+    ) -> Tensor:
+        """``n`` images ``[n, 3, S, S]`` in [-1, 1] from the shots ``[K, 3, S, S]`` (in [-1, 1]) of one episode.
+
+        Every sample draws its own base shot, positions and alpha (even with ``shared_base``). All of
+        them are drawn up front from ``generator`` (or the default RNG of the model's device), so the
+        result does not depend on ``batch_size``, which only bounds how many images are decoded at once.
+        The shots are encoded once. Runs in eval mode (BatchNorm running statistics) and restores the
+        mode after; uses ``gen_ema`` when ``use_ema`` and it is enabled, else ``gen``.
+        """
+        if not isinstance(n, numbers.Integral) or isinstance(n, bool) or n < 0:
+            raise ValueError(f"n must be an int >= 0, got {n!r}")
+        if not isinstance(batch_size, numbers.Integral) or isinstance(batch_size, bool) or batch_size < 1:
+            raise ValueError(f"batch_size must be an int >= 1, got {batch_size!r}")
+        gen = self._pick(use_ema)
+        shots = self._prepare_shots(shots, gen, "generate")
+        n, batch_size = int(n), int(batch_size)
+        K, side, f = shots.shape[0], self.cfg.size, self.cfg.feature_size
+        was_training = gen.training
+        gen.eval()
+        try:
+            feats = gen.encode(shots.unsqueeze(0))  # [1, K, C, f, f]
+            # one per-row base on top of what the layer samples, so shared_base does not tie samples together
+            _, positions, alpha = gen.fusion.sample(n, K, f, f, shots.device, generator)
+            where = generator.device if generator is not None else shots.device
+            base = torch.randint(K, (n,), generator=generator, device=where).to(shots.device)
+            out = [shots.new_empty(0, 3, side, side)]
+            for s in range(0, n, batch_size):
+                e = min(n, s + batch_size)
+                fused = gen.fusion(
+                    feats.expand(e - s, -1, -1, -1, -1), base=base[s:e], positions=positions[s:e], alpha=alpha[s:e]
+                ).fused
+                out.append(gen.decode(fused))
+            return torch.cat(out)
+        finally:
+            gen.train(was_training)
+
+    @torch.no_grad()
+    def similarity_maps(
+        self, shots: Tensor, generator: torch.Generator | None = None, *, use_ema: bool = True
+    ) -> dict[str, Any]:
+        """The data of the paper's similarity figure (§4.5) for one generation from ``shots [K, 3, S, S]``.
+
+        Draws a base shot, ``n`` positions and alpha as :meth:`generate` does, and returns (h = w =
+        ``cfg.feature_size``, R = K - 1 references, all tensors on the model's device)::
+
+            maps       [R, n, h, w]  cosine similarity of selected base vector t with every position of
+                                     reference r (``ops.lfm_similarity``)
+            base       int           the base shot
+            ref_shots  [R]           shot index of each reference
+            positions  [n]           selected flat base positions (row-major on the h x w grid)
+            ref_idx    [R, n]        matched flat position in each reference (argmax of ``maps``)
+            alpha      [K]           fusion weights
+            fake       [3, S, S]     the generated image
+            shots      [K, 3, S, S]  the input, for :func:`similarity_figure`
+        """
+        gen = self._pick(use_ema)
+        shots = self._prepare_shots(shots, gen, "similarity_maps")
+        K, f = shots.shape[0], self.cfg.feature_size
+        was_training = gen.training
+        gen.eval()
+        try:
+            feats = gen.encode(shots.unsqueeze(0))
+            _, positions, alpha = gen.fusion.sample(1, K, f, f, shots.device, generator)
+            where = generator.device if generator is not None else shots.device
+            base = torch.randint(K, (1,), generator=generator, device=where).to(shots.device)
+            out = gen.fusion(feats, base=base, positions=positions, alpha=alpha)
+            maps = lfm_similarity(feats, base, positions)[0].unflatten(-1, (f, f))
+            fake = gen.decode(out.fused)[0]
+        finally:
+            gen.train(was_training)
+        b = int(base.item())
+        return {
+            "maps": maps,
+            "base": b,
+            "ref_shots": torch.tensor([s for s in range(K) if s != b], device=shots.device),
+            "positions": positions[0],
+            "ref_idx": out.ref_idx[0],
+            "alpha": alpha[0],
+            "fake": fake,
+            "shots": shots,
+        }
+
+
+# ---------------------------------------------------------------------------------------------------
+# Figure
+
+
+def _jet(v: Tensor) -> Tensor:
+    """[H, W] values in [0, 1] -> [3, H, W] RGB of a jet-like colormap (blue low, red high)."""
+    v = v.clamp(0, 1)
+    return torch.stack([(1.5 - (4 * v - c).abs()).clamp(0, 1) for c in (3.0, 2.0, 1.0)])
+
+
+def _to_unit(x: Tensor) -> Tensor:
+    """Images in [-1, 1] -> float32 CPU in [0, 1]."""
+    return ((x.detach().float().cpu() + 1) / 2).clamp(0, 1)
+
+
+def _outline(img: Tensor, cell: int, row: int, col: int, color: tuple[float, float, float], width: int = 2) -> Tensor:
+    """Draw a ``width``-px box around grid cell (row, col) of side ``cell`` on ``img [3, H, W]`` (in place)."""
+    c = torch.tensor(color, dtype=img.dtype, device=img.device).view(3, 1, 1)
+    y0, x0 = row * cell, col * cell
+    y1, x1 = y0 + cell, x0 + cell
+    w = max(1, min(width, cell // 2))
+    img[:, y0:y1, x0 : x0 + w] = c
+    img[:, y0:y1, x1 - w : x1] = c
+    img[:, y0 : y0 + w, x0:x1] = c
+    img[:, y1 - w : y1, x0:x1] = c
+    return img
+
+
+def similarity_figure(shots: Tensor, maps: dict[str, Any], *, num_positions: int = 4, pad: int = 4) -> Tensor:
+    """Render :meth:`LoFGAN.similarity_maps` as one image ``[3, H, W]`` float in [0, 1] (on the CPU).
+
+    Layout: K + 1 columns (the shots in order, then the fake). Row 0 shows the shots (the base framed in
+    red) and the fake. Each further row follows one selected base position t (the first
+    ``num_positions``): the base column outlines the cell in green, each reference column shows that
+    reference under a heat map of ``maps[r, t]`` (jet colours, min-max scaled per map, cells upsampled
+    with nearest) with the matched cell outlined in white, and the fake column outlines the cell that
+    received the fused feature. Tiles are separated by ``pad`` white pixels.
+
+    ``shots [K, 3, S, S]`` in [-1, 1]. To save without torchvision::
+
+        from PIL import Image
+        fig = similarity_figure(shots, model.similarity_maps(shots, g))
+        Image.fromarray((fig.permute(1, 2, 0) * 255).round().byte().numpy()).save("similarity.png")
+    """
+    if not isinstance(shots, Tensor) or shots.dim() != 4 or shots.shape[1] != 3:
+        raise ValueError(f"shots must be [K, 3, S, S], got {getattr(shots, 'shape', type(shots).__name__)}")
+    for key in ("maps", "base", "ref_shots", "positions", "ref_idx", "fake"):
+        if key not in maps:
+            raise ValueError(f"maps must be the dict from LoFGAN.similarity_maps; missing {key!r}")
+    K, _, S, _ = shots.shape
+    sim = maps["maps"].detach().float().cpu()
+    R, n, h, w = sim.shape
+    if R != K - 1 or S % h or S % w or h != w:
+        raise ValueError(f"maps {list(sim.shape)} do not fit {K} shots of side {S}")
+    cell = S // h
+    m = max(0, min(num_positions, n))
+    imgs, fake = _to_unit(shots), _to_unit(maps["fake"])
+    base, ref_shots = int(maps["base"]), maps["ref_shots"].tolist()
+    positions, ref_idx = maps["positions"].cpu().tolist(), maps["ref_idx"].cpu()
+
+    rows, cols = 1 + m, K + 1
+    fig = torch.ones(3, pad + rows * (S + pad), pad + cols * (S + pad))
+
+    def put(tile: Tensor, r: int, c: int) -> None:
+        y, x = pad + r * (S + pad), pad + c * (S + pad)
+        fig[:, y : y + S, x : x + S] = tile
+
+    for k in range(K):
+        put(_outline(imgs[k].clone(), S, 0, 0, (1.0, 0.0, 0.0), 3) if k == base else imgs[k], 0, k)
+    put(fake, 0, K)
+    for t in range(m):
+        p = positions[t]
+        put(_outline(imgs[base].clone(), cell, p // w, p % w, (0.0, 1.0, 0.0)), 1 + t, base)
+        for r, shot in enumerate(ref_shots):
+            v = sim[r, t]
+            v = (v - v.min()) / (v.max() - v.min()).clamp_min(1e-8)
+            heat = _jet(v.repeat_interleave(cell, 0).repeat_interleave(cell, 1))
+            tile = 0.5 * imgs[shot] + 0.5 * heat
+            j = int(ref_idx[r, t])
+            put(_outline(tile, cell, j // w, j % w, (1.0, 1.0, 1.0)), 1 + t, shot)
+        put(_outline(fake.clone(), cell, p // w, p % w, (0.0, 1.0, 0.0)), 1 + t, K)
+    return fig
+
+
+__all__ = ["LoFGANConfig", "LoFGANGenerator", "LoFGANDiscriminator", "LoFGAN", "similarity_figure"]
