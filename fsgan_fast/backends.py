@@ -154,6 +154,14 @@ def _auto_choice(op: str, device: torch.device, dtype: torch.dtype | None) -> tu
 
 def resolve(op: str, device: torch.device, dtype: torch.dtype | None = None, per_call: str | None = None) -> str:
     """Pick the concrete backend for one call of ``op``; records it for :func:`last_backend`."""
+    return _resolve(op, device.type, dtype, per_call)
+
+
+# Under torch.compile the choice is made once, at trace time, and baked into the graph as a constant:
+# the dispatcher queries below are not traceable.
+@torch.compiler.assume_constant_result
+def _resolve(op: str, device_type: str, dtype: torch.dtype | None, per_call: str | None) -> str:
+    device = torch.device(device_type)
     asked = requested_backend(per_call)
     if asked != "auto":
         reason = why_unavailable(op, asked, device, dtype)
