@@ -77,7 +77,24 @@ def get_extensions():
         extra_compile_args={"cxx": cxx, "nvcc": nvcc} if with_cuda else {"cxx": cxx},
         extra_link_args=["-fopenmp"],
     )
-    return [ext], {"build_ext": cpp_extension.BuildExtension.with_options(use_ninja=True)}
+    return [ext], {"build_ext": _build_ext_class(cpp_extension.BuildExtension)}
+
+
+def _build_ext_class(base):
+    class BuildExtension(base):
+        """Keeps the source suffix in object names: csrc/<op>/<op>.cpp and <op>.cu would both be <op>.o."""
+
+        def build_extensions(self):
+            default = self.compiler.object_filenames
+
+            def object_filenames(sources, strip_dir=0, output_dir=""):
+                objects = default(sources, strip_dir, output_dir)
+                return [o[: -len(".o")] + "_cuda.o" if s.endswith(".cu") else o for s, o in zip(sources, objects)]
+
+            self.compiler.object_filenames = object_filenames
+            super().build_extensions()
+
+    return BuildExtension.with_options(use_ninja=True)
 
 
 ext_modules, cmdclass = get_extensions()
