@@ -15,8 +15,8 @@ import os
 from setuptools import setup
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
-# Volta..Hopper plus PTX for newer parts; 9.0 (H100/H200) is the one we tune for.
-DEFAULT_ARCH_LIST = "7.0;8.0;8.6;8.9;9.0+PTX"
+# Turing..Hopper (nvcc 13 dropped Volta) plus PTX for newer parts; 9.0 (H100/H200) is the one we tune for.
+DEFAULT_ARCH_LIST = "7.5;8.0;8.6;8.9;9.0+PTX"
 
 
 def _flag(name: str, default: str) -> str:

@@ -1,7 +1,8 @@
 // CUDA kernels of lfm_fuse / lfm_apply (contract: fsgan_fast/ops/lfm.py; lfm.cpp does the same arithmetic in
 // plain loops). One launch per forward and one per backward, on the current stream, no host sync. Deterministic:
 // no float atomics, every sum in a fixed order. Out-of-range indices select nothing, as on the CPU: a row with a
-// bad base gives zeros (ref_idx -1), a bad position is skipped (ref_idx -1), a bad match adds nothing.
+// bad base gives zeros (ref_idx -1), a bad position is skipped (ref_idx -1), a bad match adds nothing. A position
+// repeated within a row (only possible with check_indices=False) gets the value of one of its entries.
 #include "lfm/lfm.h"
 
 #include <ATen/Dispatch.h>
