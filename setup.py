@@ -109,6 +109,7 @@ setup(
         "fsgan_fast.train",
         "fsgan_fast.export",
         "fsgan_fast.metrics",
+        "fsgan_fast.utils",
         "fsgan_fast.kernels",
     ],
     package_dir={"fsgan_fast.kernels": "kernels"},

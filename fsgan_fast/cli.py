@@ -1,9 +1,10 @@
-"""The ``fsgan-fast`` command: info | demo (and the model commands as they land)."""
+"""The ``fsgan-fast`` command: info | demo | train | generate."""
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 
@@ -71,6 +72,238 @@ def _demo_features(B: int, K: int, C: int, grid: int, gen) -> "torch.Tensor":
     return feats.view(B, K, C, grid, grid).contiguous()
 
 
+# ---------------------------------------------------------------------------------------------------
+# train / generate
+
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows defaults, except None (set by --preset or computed) and off flags."""
+
+    def _get_help_string(self, action):
+        if action.default is None or action.default is False or action.default is argparse.SUPPRESS:
+            return action.help
+        return super()._get_help_string(action)
+
+
+class CLIError(Exception):
+    """A user-facing problem: printed as one line, exit status 2."""
+
+
+def _channels(text: str) -> tuple[int, ...]:
+    try:
+        values = tuple(int(v) for v in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers such as 32,64,128, got {text!r}") from None
+    return values
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
+def _non_negative(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
+    return value
+
+
+def _cmd_train_lofgan(args: argparse.Namespace) -> int:
+    import fsgan_fast
+    from fsgan_fast.losses import LoFGANLossWeights
+    from fsgan_fast.models.lofgan import LoFGANConfig
+    from fsgan_fast.train.lofgan import PRESETS, LoFGANTrainConfig, train_lofgan
+
+    preset_name = args.preset if args.preset != "auto" else ("demo" if args.data == "builtin" else "paper")
+    preset = dict(PRESETS[preset_name])
+    for key in preset:
+        if getattr(args, key) is not None:
+            preset[key] = getattr(args, key)
+    if args.backend is not None:
+        fsgan_fast.set_backend(args.backend)
+    try:  # invalid combinations (size vs channels, K, ema) are user errors, not crashes
+        model_cfg = LoFGANConfig(
+            size=preset["size"],
+            shots=args.shots,
+            gen_channels=preset["gen_channels"],
+            dis_channels=preset["dis_channels"],
+            dis_max_channels=preset["dis_max_channels"],
+            rate=args.rate,
+        )
+        weights = LoFGANLossWeights(local=args.w_local, gp=args.w_gp)
+        train_cfg = LoFGANTrainConfig(
+            iters=preset["iters"],
+            batch=preset["batch"],
+            lr=args.lr,
+            amp=args.amp,
+            ema=args.ema,
+            recon=args.recon,
+            flip=args.flip,
+            compile=args.compile,
+            weights=weights,
+        )
+    except ValueError as e:
+        raise CLIError(str(e)) from e
+    resume = None
+    if args.resume is not None:
+        resume = os.path.join(args.out, "checkpoint.pt") if args.resume == "last" else args.resume
+    ckpt = train_lofgan(
+        args.data,
+        args.out,
+        model_cfg,
+        train_cfg,
+        seen=args.seen,
+        split=args.split,
+        seed=args.seed,
+        device=args.device,
+        resume=resume,
+        log_every=args.log_every,
+        sample_every=preset["sample_every"],
+        ckpt_every=preset["ckpt_every"],
+        progress=not args.no_progress,
+    )
+    import torch.distributed as dist
+
+    if dist.is_initialized():  # joined by train_lofgan under torchrun
+        dist.destroy_process_group()
+    if int(os.environ.get("RANK", 0)) == 0:
+        samples = os.path.join(args.out, "samples")
+        print(f"{preset_name} preset, {train_cfg.iters} steps: checkpoint {ckpt}, samples in {samples}")
+    return 0
+
+
+def _cmd_generate_lofgan(args: argparse.Namespace) -> int:
+    import torch
+
+    import fsgan_fast
+    from fsgan_fast.models.lofgan import similarity_figure
+    from fsgan_fast.train.lofgan import load_lofgan
+    from fsgan_fast.utils.images import read_image, save_grid, save_image
+
+    if args.backend is not None:
+        fsgan_fast.set_backend(args.backend)
+    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    model = load_lofgan(args.ckpt, device)
+    if len(args.shots) < 2:
+        raise CLIError(f"--shots needs at least 2 images (a base and a reference), got {len(args.shots)}")
+    if args.no_ema and model.gen_ema is None:
+        raise CLIError("--no-ema given but the checkpoint has no EMA generator to skip")
+    size = model.cfg.size
+    try:
+        shots = torch.stack([read_image(p, size) for p in args.shots]).float().div_(127.5).sub_(1).to(device)
+    except ValueError as e:
+        raise CLIError(str(e)) from e
+    gen = torch.Generator(device).manual_seed(args.seed)
+    fakes = model.generate(shots, args.n, gen, batch_size=args.batch_size, use_ema=not args.no_ema)
+    out = args.out
+    os.makedirs(out, exist_ok=True)
+    width = len(str(max(args.n - 1, 0)))
+    for i, img in enumerate(fakes):
+        save_image(img, os.path.join(out, f"{i:0{width}d}.png"))
+    # the shots on the first row (padded with white), then the generations
+    ncol = max(len(shots), min(args.n, 8))
+    blank = torch.ones(ncol - len(shots), *shots.shape[1:], device=device)
+    grid_path = save_grid(torch.cat([shots, blank, fakes]), os.path.join(out, "grid.png"), ncol)
+    print(f"wrote {args.n} images and {grid_path}")
+    if args.similarity:
+        maps = model.similarity_maps(shots, gen, use_ema=not args.no_ema)
+        fig_path = save_image(similarity_figure(shots, maps), os.path.join(out, "similarity.png"), (0.0, 1.0))
+        print(f"wrote {fig_path}")
+    return 0
+
+
+def _add_train_lofgan(sub) -> None:
+    p = sub.add_parser(
+        "lofgan",
+        help="train LoFGAN (k-shot generation by local fusion)",
+        description=(
+            "Train LoFGAN on few-shot image classes. Writes RUN/checkpoint.pt (latest; exact resume), "
+            "RUN/metrics.jsonl, RUN/samples/step_*.png (rows: K shots, then generations; seen classes first, "
+            "then unseen), RUN/split.json (seen/unseen classes) and RUN/config.json. Options left unset come "
+            "from --preset. Multi-GPU: torchrun --nproc_per_node N -m fsgan_fast.cli train lofgan ..."
+        ),
+        formatter_class=_HelpFormatter,
+    )
+    p.add_argument("--data", required=True,
+                   help="'builtin' (16 photo classes from scikit-image, no download), a folder with one sub-folder "
+                        "of images per class, or an official LoFGAN .npy [classes, images, H, W, 3]")
+    p.add_argument("--out", required=True, help="run directory")
+    p.add_argument("--preset", choices=("auto", "demo", "paper"), default="auto",
+                   help="defaults for size, channels, batch, iters and sample/checkpoint intervals: 'demo' = 64 px, "
+                        "G 32,64,64,64, D 16..128, batch 8, 300 iters (minutes on a CPU); 'paper' = the official "
+                        "128 px model, batch 8, 100000 iters; 'auto' = demo for --data builtin, else paper")
+    p.add_argument("--size", type=_positive,
+                   help="image side in pixels (multiple of 2^(len(gen-channels)-1)) (default: from --preset)")
+    p.add_argument("--shots", type=_positive, default=3, help="K, images per episode (>= 2)")
+    p.add_argument("--batch", type=_positive,
+                   help="episodes per step (per process under torchrun) (default: from --preset)")
+    p.add_argument("--iters", type=_positive,
+                   help="training steps (one D step + one G step each) (default: from --preset)")
+    p.add_argument("--lr", type=float, default=1e-4,
+                   help="Adam learning rate of G and D; constant for half the run, then linear decay to 0")
+    p.add_argument("--gen-channels", type=_channels,
+                   help="G encoder widths, comma-separated (decoder mirrors) (default: from --preset)")
+    p.add_argument("--dis-channels", type=_positive, help="D stem width (doubled per stage) (default: from --preset)")
+    p.add_argument("--dis-max-channels", type=_positive, help="D width cap (default: from --preset)")
+    p.add_argument("--rate", type=float, default=0.5, help="eta, the fraction of base feature positions fused")
+    p.add_argument("--w-local", type=float, default=0.5, help="weight of G's local reconstruction loss")
+    p.add_argument("--w-gp", type=float, default=10.0, help="weight of D's R1 penalty on the true-class logit")
+    p.add_argument("--recon", choices=("nearest", "area"), default="nearest",
+                   help="downsampling in the local reconstruction loss: nearest (official) or area (cell means)")
+    p.add_argument("--amp", choices=("none", "bf16", "fp16"), default="none",
+                   help="mixed precision: bf16 autocast (recommended on GPUs), or fp16 autocast with loss "
+                        "scaling (the R1 penalty's inner gradient is not loss-scaled)")
+    p.add_argument("--ema", type=float, nargs="?", const=0.999, default=0.0, metavar="DECAY",
+                   help="keep an EMA of G for samples and generation (--ema alone: decay 0.999; 0 = off)")
+    p.add_argument("--flip", action="store_true", help="random horizontal flips of the shots (off officially)")
+    p.add_argument("--seen", type=_positive,
+                   help="number of seen (training) classes; the rest are held out (default: 80%%)")
+    p.add_argument("--split", choices=("random", "first"), default="random",
+                   help="seen classes: a seeded random choice, or the first --seen ones (official .npy files: "
+                        "flower 85, animal 119, vggface 1802)")
+    p.add_argument("--sample-every", type=_non_negative,
+                   help="steps between sample grids (0 = only at the end) (default: from --preset)")
+    p.add_argument("--ckpt-every", type=_non_negative,
+                   help="steps between checkpoints (0 = only at the end) (default: from --preset)")
+    p.add_argument("--log-every", type=_positive, default=10, help="steps between metrics lines / progress updates")
+    p.add_argument("--resume", nargs="?", const="last", metavar="CKPT",
+                   help="continue from a checkpoint (--resume alone: OUT/checkpoint.pt); the model config and "
+                        "class split come from the run, other options from this command line")
+    p.add_argument("--device",
+                   help="torch device (default: cuda if available, else cpu; cuda:LOCAL_RANK under torchrun)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the weights, the split, the dataset and the episodes")
+    p.add_argument("--compile", action="store_true", help="torch.compile G and D (D's penalty pass stays eager)")
+    p.add_argument("--backend", choices=("auto", "reference", "triton", "cuda", "cpu"),
+                   help="implementation of the local fusion op (default: auto, see 'fsgan-fast info')")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=_cmd_train_lofgan)
+
+
+def _add_generate_lofgan(sub) -> None:
+    p = sub.add_parser(
+        "lofgan",
+        help="generate images of a new class from K >= 2 of its images",
+        description="Writes OUT/<i>.png for every generation and OUT/grid.png (shots on the first row).",
+        formatter_class=_HelpFormatter,
+    )
+    p.add_argument("--ckpt", required=True, help="checkpoint written by 'fsgan-fast train lofgan' (RUN/checkpoint.pt)")
+    p.add_argument("--shots", nargs="+", required=True, metavar="IMAGE",
+                   help="K >= 2 images of one class (centre-cropped and resized to the model size)")
+    p.add_argument("--n", type=_non_negative, default=16, help="number of images to generate")
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--similarity", action="store_true",
+                   help="also write OUT/similarity.png: the fusion's cosine-similarity maps (paper section 4.5)")
+    p.add_argument("--no-ema", action="store_true", help="use the trained G rather than its EMA copy")
+    p.add_argument("--batch-size", type=_positive, default=64, help="images decoded at once")
+    p.add_argument("--seed", type=int, default=0, help="seed of the fusion randomness")
+    p.add_argument("--device", help="torch device (default: cuda if available, else cpu)")
+    p.add_argument("--backend", choices=("auto", "reference", "triton", "cuda", "cpu"),
+                   help="implementation of the local fusion op (default: auto)")
+    p.set_defaults(func=_cmd_generate_lofgan)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="fsgan-fast", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -89,12 +322,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--repeat", type=int, default=10, help="timed calls per backend")
     p.add_argument("--seed", type=int, default=0, help="random seed")
     p.set_defaults(func=_cmd_demo)
+
+    p = sub.add_parser("train", help="train a model", description="Train a model; see 'fsgan-fast train MODEL --help'.")
+    _add_train_lofgan(p.add_subparsers(dest="model", required=True, metavar="MODEL"))
+
+    p = sub.add_parser("generate", help="generate images from a trained checkpoint",
+                       description="Generate from a checkpoint; see 'fsgan-fast generate MODEL --help'.")
+    _add_generate_lofgan(p.add_subparsers(dest="model", required=True, metavar="MODEL"))
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    return args.func(args)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    from fsgan_fast.backends import BackendUnavailableError
+    from fsgan_fast.data import DatasetError
+    from fsgan_fast.train.loop import CheckpointError
+
+    try:
+        return args.func(args)
+    except (CLIError, DatasetError, CheckpointError, BackendUnavailableError) as e:
+        parser.exit(2, f"fsgan-fast: error: {e}\n")
 
 
 if __name__ == "__main__":

@@ -1,1 +1,29 @@
-"""fsgan_fast.data."""
+"""Datasets: few-shot image classes (folders, official .npy, built-in photos) and k-shot episodes."""
+
+from fsgan_fast.data.builtin import PHOTOS, builtin_classes
+from fsgan_fast.data.classes import (
+    ClassSplit,
+    DatasetError,
+    ImageClasses,
+    from_array,
+    load_class_folders,
+    load_classes,
+    load_npy,
+    split_classes,
+)
+from fsgan_fast.data.episodes import EpisodeSampler, to_model_range
+
+__all__ = [
+    "ClassSplit",
+    "DatasetError",
+    "EpisodeSampler",
+    "ImageClasses",
+    "PHOTOS",
+    "builtin_classes",
+    "from_array",
+    "load_class_folders",
+    "load_classes",
+    "load_npy",
+    "split_classes",
+    "to_model_range",
+]

@@ -45,7 +45,9 @@ class ImageClasses:
         if len(self.names) != len(self.counts):
             raise DatasetError(f"{len(self.names)} class names for {len(self.counts)} classes")
         if int(self.counts.sum()) != self.images.shape[0]:
-            raise DatasetError(f"class counts sum to {int(self.counts.sum())} but there are {self.images.shape[0]} images")
+            raise DatasetError(
+                f"class counts sum to {int(self.counts.sum())} but there are {self.images.shape[0]} images"
+            )
         self.counts = self.counts.to(torch.int64)
 
     @property
@@ -106,7 +108,7 @@ def from_array(array: np.ndarray | Tensor, size: int | None = None, source: str 
     C, M, H, W, _ = array.shape
     if C == 0 or M == 0:
         raise DatasetError(f"{source}: no images (shape {list(array.shape)})")
-    x = torch.as_tensor(np.asarray(array)).reshape(C * M, H, W, 3)
+    x = torch.as_tensor(np.array(array)).reshape(C * M, H, W, 3)  # a copy: reads a memory-mapped file in
     if x.dtype != torch.uint8:
         if not x.is_floating_point():
             raise DatasetError(f"{source}: dtype must be uint8 or float in [0, 1], got {x.dtype}")
@@ -172,6 +174,7 @@ def load_class_folders(root: str | os.PathLike, size: int, workers: int = 8) -> 
 
 def load_classes(spec: str, size: int, seed: int = 0) -> ImageClasses:
     """``"builtin"``, a ``.npy`` file, or a folder of class folders, at ``size`` pixels."""
+    expected = "expected a folder of class folders, a .npy file, or 'builtin'"
     if spec == "builtin":
         from fsgan_fast.data.builtin import builtin_classes
 
@@ -179,9 +182,9 @@ def load_classes(spec: str, size: int, seed: int = 0) -> ImageClasses:
     if spec.lower().endswith(".npy"):
         return load_npy(spec, size)
     if not os.path.exists(spec):
-        raise DatasetError(f"dataset {spec!r} does not exist (expected a folder of class folders, a .npy file, or 'builtin')")
+        raise DatasetError(f"dataset {spec!r} does not exist ({expected})")
     if not os.path.isdir(spec):
-        raise DatasetError(f"dataset {spec!r} is a file but not .npy (expected a folder of class folders, a .npy file, or 'builtin')")
+        raise DatasetError(f"dataset {spec!r} is a file but not .npy ({expected})")
     return load_class_folders(spec, size)
 
 

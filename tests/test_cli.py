@@ -1,0 +1,102 @@
+"""The fsgan-fast command: --help, a tiny train run, resume, generate, and clear errors for bad input."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+from PIL import Image
+
+from fsgan_fast.cli import main
+from fsgan_fast.data import builtin_classes
+from fsgan_fast.utils.images import save_image
+
+# a 32 px model that trains a step in ~0.1 s
+TINY = ["--size", "32", "--gen-channels", "16,32,32", "--dis-channels", "16", "--dis-max-channels", "64",
+        "--batch", "4", "--no-progress"]
+
+
+def test_help_runs_as_a_module():
+    proc = subprocess.run([sys.executable, "-m", "fsgan_fast.cli", "--help"], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0 and "train" in proc.stdout and "generate" in proc.stdout
+
+
+@pytest.mark.parametrize("argv, expected", [
+    (["train", "lofgan", "--help"], ["--data", "--preset", "--amp", "--ema", "--resume", "--compile", "--backend", "torchrun"]),
+    (["generate", "lofgan", "--help"], ["--ckpt", "--shots", "--similarity", "--n"]),
+])
+def test_subcommand_help(argv, expected, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    assert exit_info.value.code == 0
+    text = capsys.readouterr().out
+    assert all(option in text for option in expected)
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+    """A tiny training run: 4 steps, samples every 2, then resumed to 6 steps."""
+    out = tmp_path_factory.mktemp("run")
+    assert main(["train", "lofgan", "--data", "builtin", "--out", str(out), "--iters", "4", "--sample-every", "2",
+                 "--ema", "--log-every", "2", *TINY]) == 0
+    assert main(["train", "lofgan", "--data", "builtin", "--out", str(out), "--iters", "6", "--sample-every", "2",
+                 "--ema", "--log-every", "2", "--resume", *TINY]) == 0
+    return out
+
+
+def test_train_writes_checkpoint_samples_and_metrics(run_dir):
+    assert (run_dir / "checkpoint.pt").is_file()
+    samples = sorted(p.name for p in (run_dir / "samples").iterdir())
+    assert samples == ["step_0000002.png", "step_0000004.png", "step_0000006.png"]
+    with Image.open(run_dir / "samples" / "step_0000006.png") as im:
+        # 7 rows (4 seen + all 3 unseen classes) of 3 shots + 6 generations, 32 px tiles, 2 px padding
+        assert im.size == (9 * 34 + 2, 7 * 34 + 2)
+    lines = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in lines] == [2, 4, 6]
+    assert {"d_adv", "d_cls", "d_gp", "g_adv", "g_cls", "g_local", "lr", "it_s"} <= set(lines[0])
+    split = json.loads((run_dir / "split.json").read_text())
+    assert len(split["seen"]) == 13 and len(split["unseen"]) == 3
+    config = json.loads((run_dir / "config.json").read_text())
+    assert config["model"]["size"] == 32 and config["model"]["n_classes"] == 13 and config["train"]["ema"] == 0.999
+
+
+def test_generate_writes_images_grid_and_similarity(run_dir, tmp_path, capsys):
+    photos = builtin_classes(48, per_class=3).class_images(0)  # another size: generate resizes
+    shots = [str(save_image(img, tmp_path / f"shot{i}.png")) for i, img in enumerate(photos)]
+    out = tmp_path / "gen"
+    assert main(["generate", "lofgan", "--ckpt", str(run_dir / "checkpoint.pt"), "--shots", *shots, "--n", "5",
+                 "--out", str(out), "--similarity"]) == 0
+    names = sorted(p.name for p in out.iterdir())
+    assert names == ["0.png", "1.png", "2.png", "3.png", "4.png", "grid.png", "similarity.png"]
+    with Image.open(out / "0.png") as im:
+        assert im.size == (32, 32) and im.mode == "RGB"
+    with Image.open(out / "grid.png") as im:
+        assert im.size == (5 * 34 + 2, 2 * 34 + 2)  # shots row, then the 5 generations
+    assert "wrote 5 images" in capsys.readouterr().out
+
+
+def test_bad_arguments_fail_clearly(run_dir, tmp_path, capsys):
+    cases = [
+        (["train", "lofgan", "--out", str(tmp_path)], "--data"),
+        (["train", "lofgan", "--data", "builtin", "--out", str(tmp_path), "--amp", "fp8"], "invalid choice"),
+        (["train", "lofgan", "--data", "builtin", "--out", str(tmp_path), "--gen-channels", "16,x"], "comma-separated"),
+        (["train", "lofgan", "--data", "builtin", "--out", str(tmp_path), "--iters", "0"], "must be >= 1"),
+        (["train", "lofgan", "--data", str(tmp_path / "nope"), "--out", str(tmp_path / "r")], "does not exist"),
+        (["train", "lofgan", "--data", "builtin", "--out", str(tmp_path / "r"), "--size", "30", *TINY[2:]], "multiple of"),
+        (["train", "lofgan", "--data", "builtin", "--out", str(tmp_path / "r"), "--shots", "40", *TINY], "fewer"),
+        (["generate", "lofgan", "--ckpt", str(tmp_path / "none.pt"), "--shots", "a.png", "b.png", "--out", str(tmp_path)],
+         "does not exist"),
+        (["generate", "lofgan", "--ckpt", str(run_dir / "checkpoint.pt"), "--shots", str(tmp_path / "a.png"),
+          str(tmp_path / "b.png"), "--out", str(tmp_path / "g")], "cannot read image"),
+        (["generate", "lofgan", "--ckpt", str(run_dir / "checkpoint.pt"), "--shots", "a.png", "--out", str(tmp_path)],
+         "at least 2"),
+    ]
+    for argv, message in cases:
+        with pytest.raises(SystemExit) as exit_info:
+            main(argv)
+        assert exit_info.value.code == 2, argv
+        err = capsys.readouterr().err
+        assert message in err, (argv, err)
+        assert "Traceback" not in err
