@@ -87,6 +87,35 @@ def use_backend(name: str) -> Iterator[None]:
         stack.pop()
 
 
+LOWERINGS = ("reference", "native")
+
+
+@contextlib.contextmanager
+def lowering(mode: str = "reference") -> Iterator[None]:
+    """Trace ops as standard ops for export (this thread only; nests and restores on exit).
+
+    ``"reference"``: each public op calls its pure-PyTorch reference instead of the custom op, so a traced
+    graph (ONNX, torch.export, AOTInductor) holds only aten/standard ops and needs nothing of fsgan_fast at
+    run time. ``"native"``: each op calls its private C++ kernel op (``torch.ops.fsgan_fast._<op>_<device>``),
+    which a runtime resolves from ``fsgan_fast._C`` or the CMake library ``libfsgan_fast_ops``. Inference
+    only: neither keeps the ops' autograd formulas.
+    """
+    if mode not in LOWERINGS:
+        raise ValueError(f"unknown lowering {mode!r}; expected one of {', '.join(map(repr, LOWERINGS))}")
+    stack = _state.__dict__.setdefault("lowering", [])
+    stack.append(mode)
+    try:
+        yield
+    finally:
+        stack.pop()
+
+
+def active_lowering() -> str | None:
+    """The innermost :func:`lowering` mode of this thread, or ``None`` outside one."""
+    stack = getattr(_state, "lowering", None)
+    return stack[-1] if stack else None
+
+
 def requested_backend(per_call: str | None = None) -> str:
     """The backend asked for, strongest source first; ``'auto'`` when nobody asked."""
     if per_call is not None:

@@ -1,4 +1,4 @@
-"""The ``fsgan-fast`` command: info | demo | train | generate."""
+"""The ``fsgan-fast`` command: info | demo | train | generate | export."""
 
 from __future__ import annotations
 
@@ -304,6 +304,131 @@ def _add_generate_lofgan(sub) -> None:
     p.set_defaults(func=_cmd_generate_lofgan)
 
 
+# ---------------------------------------------------------------------------------------------------
+# export
+
+FP32_PARITY = 1e-4  # max |export - eager| / max |eager| for fp32 exports
+LOW_PRECISION_FACTOR = 4  # fp16/bf16 exports: mean error at most this times eager's in the same precision
+
+
+
+def _batch_range(text: str) -> tuple[int, int, int]:
+    from fsgan_fast.export.graphs import parse_batch_range
+
+    try:
+        return parse_batch_range(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
+def _cmd_export(args: argparse.Namespace) -> int:
+    import torch
+
+    from fsgan_fast import export
+    from fsgan_fast.train.lofgan import load_lofgan
+
+    precision = "fp16" if args.fp16 else "bf16" if args.bf16 else "fp32"
+    if args.format != "aoti" and args.lowering != "reference":
+        raise CLIError(f"--lowering {args.lowering} applies to --format aoti only (ONNX graphs hold standard ops)")
+    default_device = "cuda" if args.format == "tensorrt" or torch.cuda.is_available() else "cpu"
+    device = torch.device(args.device or default_device)
+    if args.format == "tensorrt":
+        from fsgan_fast.export.tensorrt import tensorrt_unavailable
+
+        reason = tensorrt_unavailable(device)
+        if reason is not None:
+            raise CLIError(f"cannot build a TensorRT engine here: {reason}")
+    model = load_lofgan(args.ckpt, "cpu" if args.format == "onnx" else device)
+    if args.no_ema and model.gen_ema is None:
+        raise CLIError("--no-ema given but the checkpoint has no EMA generator to skip")
+
+    def graph_of(dtype: torch.dtype) -> export.GeneratorGraph:
+        # a copy in the dtype: the graph itself carries the precision (TensorRT 11 is strongly typed)
+        return export.generator_graph(model, single_episode=args.single_episode, use_ema=not args.no_ema).to(dtype)
+
+    dtype = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[precision]
+    reference = graph_of(torch.float32)  # verification compares with the fp32 model
+    out = args.out
+    start = time.perf_counter()
+    if args.format == "onnx":
+        path = export.export_onnx(graph_of(dtype), out, batch=args.batch, opset=args.opset)
+        runner = None if args.no_verify else export.ORTGenerator(path)
+    elif args.format == "tensorrt":
+        from fsgan_fast.export.tensorrt import TRTGenerator, build_engine
+
+        onnx_path = os.path.splitext(out)[0] + ".onnx"
+        export.export_onnx(graph_of(dtype).to(device="cpu"), onnx_path, batch=args.batch, opset=args.opset)
+        path = build_engine(onnx_path, out, precision=precision, batch=args.batch, timing_cache=args.timing_cache)
+        runner = None if args.no_verify else TRTGenerator(path, device)
+    else:
+        path = export.package_aoti(graph_of(dtype), out, batch=args.batch, lowering=args.lowering)
+        runner = None if args.no_verify else export.AOTIGenerator(path, device)
+    print(f"wrote {path} ({args.format}, {precision}, batch {':'.join(map(str, args.batch))}) "
+          f"in {time.perf_counter() - start:.1f} s")
+    if runner is not None:
+        sizes = tuple(sorted({args.batch[0], args.batch[2] if args.batch[2] <= 16 else args.batch[1]}))
+        try:
+            errs = reference.compare(runner, sizes)
+        except Exception as e:  # e.g. onnxruntime's CPU provider lacks some fp16 kernels
+            if precision == "fp32":
+                raise
+            print(f"parity run skipped: the {precision} export could not run here ({str(e).splitlines()[0][:200]})")
+            return 0
+        print(f"vs fp32 PyTorch at batch {list(sizes)}: max |err| {errs['max_abs_err']:.2e} "
+              f"(relative {errs['max_rel_err']:.2e}), mean |err| {errs['mean_abs_err']:.2e}")
+        if precision == "fp32":
+            ok = errs["max_rel_err"] <= FP32_PARITY
+            print(f"  {'ok' if ok else 'FAILED'}: tolerance {FP32_PARITY:.0e} relative")
+        else:
+            # Reduced precision flips near-tied matches of the fusion, each flip moving a whole feature cell,
+            # so the max error is large by nature and the mean varies with the number of flips. The bar is
+            # the eager model in the same precision; the factor catches broken exports, not rounding.
+            eager = graph_of(dtype).to(device=next(reference.module.parameters()).device)
+            base = reference.compare(eager.run, sizes)
+            ok = errs["mean_abs_err"] <= LOW_PRECISION_FACTOR * base["mean_abs_err"] + 1e-3
+            print(f"  {'ok' if ok else 'FAILED'}: eager PyTorch in {precision} has mean |err| {base['mean_abs_err']:.2e}; "
+                  f"the export may have at most {LOW_PRECISION_FACTOR}x that (+1e-3)")
+        if not ok:
+            raise CLIError(f"the exported {args.format} generator does not match PyTorch")
+    return 0
+
+
+def _add_export(sub) -> None:
+    p = sub.add_parser(
+        "lofgan",
+        help="export a trained LoFGAN generator",
+        description=(
+            "Export the generator of a checkpoint. Graph inputs: shots [B,K,3,S,S] (or [K,3,S,S] with "
+            "--single-episode), base [B] int64, positions [B,n] int64, alpha [B,K]; output images [B,3,S,S]. "
+            "The file's metadata says how to draw base/positions/alpha. After writing, the export is run "
+            "against PyTorch on random inputs and the error printed (skip with --no-verify)."
+        ),
+        formatter_class=_HelpFormatter,
+    )
+    p.add_argument("--ckpt", required=True, help="checkpoint written by 'fsgan-fast train lofgan' (RUN/checkpoint.pt)")
+    p.add_argument("--format", required=True, choices=("onnx", "tensorrt", "aoti"),
+                   help="onnx: standard-op ONNX file (checked against TensorRT's parser support list); "
+                        "tensorrt: a serialized engine (writes OUT minus its suffix + .onnx too; needs tensorrt and "
+                        "a GPU); aoti: a torch.export + AOTInductor package (.pt2) for the --device")
+    p.add_argument("--out", required=True, help="output file (.onnx, .engine/.plan, or .pt2)")
+    p.add_argument("--batch", type=_batch_range, default=(1, 8, 64), metavar="MIN:OPT:MAX",
+                   help="dynamic batch range; OPT is what TensorRT tunes for; a single number fixes the batch")
+    precision = p.add_mutually_exclusive_group()
+    precision.add_argument("--fp16", action="store_true", help="fp16 TensorRT engine or AOTInductor package")
+    precision.add_argument("--bf16", action="store_true", help="bf16 TensorRT engine or AOTInductor package")
+    p.add_argument("--single-episode", action="store_true",
+                   help="shots [K,3,S,S] encoded once and shared by the batch (generation at scale from one episode)")
+    p.add_argument("--no-ema", action="store_true", help="export the trained G rather than its EMA copy")
+    p.add_argument("--lowering", choices=("reference", "native"), default="reference",
+                   help="aoti only: 'reference' compiles the fusion from standard ops (loads with torch alone); "
+                        "'native' calls fsgan_fast's C++/CUDA kernel (needs fsgan_fast.ops or libfsgan_fast_ops)")
+    p.add_argument("--opset", type=int, default=18, help="ONNX opset (TensorRT parses up to 20)")
+    p.add_argument("--timing-cache", help="tensorrt only: timing cache file, read if present and updated")
+    p.add_argument("--device", help="device to compile/verify on (default: cuda if available, else cpu)")
+    p.add_argument("--no-verify", action="store_true", help="skip the parity run against PyTorch")
+    p.set_defaults(func=_cmd_export)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="fsgan-fast", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -329,6 +454,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("generate", help="generate images from a trained checkpoint",
                        description="Generate from a checkpoint; see 'fsgan-fast generate MODEL --help'.")
     _add_generate_lofgan(p.add_subparsers(dest="model", required=True, metavar="MODEL"))
+
+    p = sub.add_parser("export", help="export a generator to ONNX, TensorRT or AOTInductor",
+                       description="Export a trained generator; see 'fsgan-fast export MODEL --help'.")
+    _add_export(p.add_subparsers(dest="model", required=True, metavar="MODEL"))
     return parser
 
 

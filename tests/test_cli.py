@@ -26,6 +26,7 @@ def test_help_runs_as_a_module():
 @pytest.mark.parametrize("argv, expected", [
     (["train", "lofgan", "--help"], ["--data", "--preset", "--amp", "--ema", "--resume", "--compile", "--backend", "torchrun"]),
     (["generate", "lofgan", "--help"], ["--ckpt", "--shots", "--similarity", "--n"]),
+    (["export", "lofgan", "--help"], ["--format", "onnx", "tensorrt", "aoti", "--batch", "--fp16", "--lowering"]),
 ])
 def test_subcommand_help(argv, expected, capsys):
     with pytest.raises(SystemExit) as exit_info:
@@ -92,6 +93,13 @@ def test_bad_arguments_fail_clearly(run_dir, tmp_path, capsys):
           str(tmp_path / "b.png"), "--out", str(tmp_path / "g")], "cannot read image"),
         (["generate", "lofgan", "--ckpt", str(run_dir / "checkpoint.pt"), "--shots", "a.png", "--out", str(tmp_path)],
          "at least 2"),
+        (["export", "lofgan", "--ckpt", str(run_dir / "checkpoint.pt"), "--format", "onnx", "--out", "g.onnx",
+          "--batch", "8:2:4"], "1 <= min <= opt <= max"),
+        (["export", "lofgan", "--ckpt", str(run_dir / "checkpoint.pt"), "--format", "onnx", "--out", "g.onnx", "--fp16",
+          "--bf16"], "not allowed with argument"),
+        (["export", "lofgan", "--ckpt", str(run_dir / "checkpoint.pt"), "--format", "onnx", "--out", "g.onnx",
+          "--lowering", "native"], "aoti only"),
+        (["export", "lofgan", "--ckpt", str(tmp_path / "none.pt"), "--format", "onnx", "--out", "g.onnx"], "does not exist"),
     ]
     for argv, message in cases:
         with pytest.raises(SystemExit) as exit_info:
@@ -100,3 +108,22 @@ def test_bad_arguments_fail_clearly(run_dir, tmp_path, capsys):
         err = capsys.readouterr().err
         assert message in err, (argv, err)
         assert "Traceback" not in err
+
+
+def test_export_onnx_and_aoti(run_dir, tmp_path, capsys):
+    pytest.importorskip("onnxscript")
+    pytest.importorskip("onnxruntime")
+    ckpt = str(run_dir / "checkpoint.pt")
+    assert main(["export", "lofgan", "--ckpt", ckpt, "--format", "onnx", "--out", str(tmp_path / "g.onnx"),
+                 "--batch", "1:2:4"]) == 0
+    out = capsys.readouterr().out
+    assert (tmp_path / "g.onnx").is_file() and "vs fp32 PyTorch at batch [1, 4]" in out and "  ok: tolerance" in out
+    assert main(["export", "lofgan", "--ckpt", ckpt, "--format", "aoti", "--out", str(tmp_path / "g.pt2"),
+                 "--batch", "1:2:4", "--single-episode", "--device", "cpu"]) == 0
+    out = capsys.readouterr().out
+    assert (tmp_path / "g.pt2").is_file() and "  ok: tolerance" in out
+    # fp16 ONNX: judged against eager PyTorch in fp16 (matches may flip near ties)
+    assert main(["export", "lofgan", "--ckpt", ckpt, "--format", "onnx", "--out", str(tmp_path / "h.onnx"),
+                 "--batch", "2", "--fp16"]) == 0
+    out = capsys.readouterr().out
+    assert "eager PyTorch in fp16 has mean |err|" in out and "  ok:" in out

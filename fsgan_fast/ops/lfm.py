@@ -175,7 +175,8 @@ def lfm_similarity_reference(feats: Tensor, base: Tensor, positions: Tensor) -> 
     f, refs, _ = _split_base_refs(x, base.long())
     n = positions.shape[1]
     f_sel = f.gather(2, positions.long().view(B, 1, n).expand(B, C, n))
-    return torch.einsum("bcn,brcp->brnp", f_sel, refs)
+    # a broadcast batched matmul rather than einsum: exports as ONNX MatMul, which every runtime takes
+    return torch.matmul(f_sel.transpose(1, 2).unsqueeze(1), refs)
 
 
 def lfm_apply_reference(x: Tensor, base: Tensor, positions: Tensor, ref_idx: Tensor, alpha: Tensor) -> Tensor:
@@ -197,8 +198,8 @@ def lfm_apply_reference(x: Tensor, base: Tensor, positions: Tensor, ref_idx: Ten
 
 def lfm_fuse_reference(feats: Tensor, base: Tensor, positions: Tensor, alpha: Tensor) -> tuple[Tensor, Tensor]:
     """Steps 1-3 in plain PyTorch; autograd through it gives exactly the gradient of step 4."""
-    with torch.no_grad():
-        ref_idx = lfm_similarity_reference(feats, base, positions).argmax(dim=-1)
+    # detach rather than no_grad: same effect, and torch.export keeps a flat graph (no grad-mode region)
+    ref_idx = lfm_similarity_reference(feats.detach(), base, positions).argmax(dim=-1)
     return lfm_apply_reference(feats, base, positions, ref_idx, alpha), ref_idx
 
 
@@ -364,6 +365,17 @@ def _register_native_fakes() -> None:
 _register_native_fakes()
 
 
+def _lowered(op: str, x: Tensor) -> str | None:
+    """The export lowering in force (see :func:`fsgan_fast.backends.lowering`); checks native kernels exist."""
+    mode = backends.active_lowering()
+    if mode == "native":
+        kind = "cuda" if x.device.type == "cuda" else "cpu"
+        reason = backends.why_unavailable(op, kind, x.device, x.dtype)
+        if reason is not None:
+            raise backends.BackendUnavailableError(f"native lowering of {op!r} on {x.device.type}: {reason}")
+    return mode
+
+
 # ---------------------------------------------------------------------------------------------------
 # Public API: the only names nn/ and models/ import.
 
@@ -377,6 +389,11 @@ def lfm_fuse(
     :mod:`fsgan_fast.backends` for this call.
     """
     _check_lfm_fuse(feats, base, positions, alpha, check_indices)
+    lowered = _lowered("lfm_fuse", feats)
+    if lowered == "reference":
+        return lfm_fuse_reference(feats, base, positions, alpha)
+    if lowered == "native":
+        return _native("_lfm_fuse", feats.device)(*_prep(feats, base, positions, alpha))
     name = backends.resolve("lfm_fuse", feats.device, feats.dtype, backend)
     backends.resolve("lfm_apply_backward", feats.device, feats.dtype, name)
     return _lfm_fuse_op(feats, base, positions, alpha, name)
@@ -394,6 +411,12 @@ def lfm_apply(
 ) -> Tensor:
     """Re-apply recorded matches ``ref_idx`` to ``x [B,K,C',H,W]`` (same grid as the matched features)."""
     _check_lfm_apply(x, base, positions, ref_idx, alpha, check_indices)
+    lowered = _lowered("lfm_apply", x)
+    if lowered == "reference":
+        return lfm_apply_reference(x, base, positions, ref_idx, alpha)
+    if lowered == "native":
+        x, base, positions, alpha = _prep(x, base, positions, alpha)
+        return _native("_lfm_apply", x.device)(x, base, positions, ref_idx.long().contiguous(), alpha)
     name = backends.resolve("lfm_apply", x.device, x.dtype, backend)
     backends.resolve("lfm_apply_backward", x.device, x.dtype, name)
     return _lfm_apply_op(x, base, positions, ref_idx, alpha, name)

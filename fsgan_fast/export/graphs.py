@@ -1,0 +1,217 @@
+"""Inference graphs of the generators: tensors in, images out, randomness as inputs.
+
+A :class:`GeneratorGraph` is what every deployment path (ONNX, TensorRT, torch.export/AOTInductor)
+traces: an eval-mode copy of a generator wrapped so that its inputs are plain tensors with a batch axis 0,
+plus a sampler that draws those inputs the way the Python model would. Graphs are built per model by
+:func:`generator_graph`; the ops inside lower to standard ops under :func:`fsgan_fast.backends.lowering`.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import json
+import math
+from typing import Callable
+
+import torch
+from torch import Tensor, nn
+
+from fsgan_fast.ops import lfm_fuse
+
+MODELS = ("lofgan",)
+
+Sampler = Callable[[int, "torch.Generator | None", torch.device], tuple[Tensor, ...]]
+
+
+@dataclasses.dataclass(frozen=True)
+class GeneratorGraph:
+    """One exportable generator.
+
+    ``module(*inputs)`` returns ``images [B, 3, S, S]`` in [-1, 1]. ``input_names`` name the inputs in
+    order; ``batch_inputs`` are those whose axis 0 is the batch (dynamic in every export); the others have
+    fixed shapes. ``sample(B, generator, device)`` draws inputs for a batch of B (the conditioning
+    inputs, e.g. LoFGAN's shots, are random images there: replace them with real ones; floats come in
+    float32, :meth:`example_inputs` casts them to the module's dtype). ``metadata`` (str -> str) is stored in every exported artifact.
+    """
+
+    model: str
+    module: nn.Module
+    input_names: tuple[str, ...]
+    output_names: tuple[str, ...]
+    batch_inputs: tuple[str, ...]
+    sample: Sampler
+    metadata: dict[str, str]
+
+    def example_inputs(
+        self, batch: int = 2, device: torch.device | str = "cpu", seed: int = 0
+    ) -> tuple[Tensor, ...]:
+        """Inputs for a batch of ``batch`` drawn from a seeded generator on the CPU, moved to ``device``."""
+        g = torch.Generator().manual_seed(seed)
+        dtype = next(self.module.parameters()).dtype
+        return tuple(
+            t.to(device, dtype if t.is_floating_point() else t.dtype) for t in self.sample(batch, g, torch.device("cpu"))
+        )
+
+    def run(self, *inputs: Tensor) -> Tensor:
+        """The eager module on ``inputs``, floats cast to its dtype and everything moved to its device."""
+        p = next(self.module.parameters())
+        with torch.no_grad():
+            return self.module(*(t.to(p.device, p.dtype if t.is_floating_point() else t.dtype) for t in inputs))
+
+    def to(self, dtype: torch.dtype | None = None, device: torch.device | str | None = None) -> GeneratorGraph:
+        """A copy of the graph with its module in ``dtype`` on ``device`` (the original is untouched)."""
+        module = copy.deepcopy(self.module).to(device=device, dtype=dtype)
+        return dataclasses.replace(self, module=module)
+
+    @torch.no_grad()
+    def compare(
+        self, runner: Callable[..., Tensor], batch_sizes: tuple[int, ...] = (1, 3), *, seed: int = 0
+    ) -> dict[str, float]:
+        """Run ``runner`` (an exported artifact) and the eager module on the same random inputs per batch size.
+
+        Inputs live on the module's device. Returns ``max_abs_err``, ``max_rel_err`` (max |runner - eager|
+        / max |eager|) and ``mean_abs_err``, worst over the batch sizes; raises ``AssertionError`` if an
+        output shape differs. NaN or inf in either output counts as an infinite error.
+        """
+        device = next(self.module.parameters()).device
+        worst_abs, worst_rel, worst_mean = 0.0, 0.0, 0.0
+        for i, B in enumerate(batch_sizes):
+            inputs = self.example_inputs(B, device, seed + i)
+            expected = self.module(*inputs).float()
+            got = runner(*inputs).float().to(expected.device)
+            if got.shape != expected.shape:
+                raise AssertionError(f"the export returned {list(got.shape)}, eager {list(expected.shape)} (batch {B})")
+            if expected.numel():
+                err = (got - expected).abs().max().item()
+                err = err if math.isfinite(err) else math.inf  # NaN would vanish in max()
+                worst_abs = max(worst_abs, err)
+                worst_rel = max(worst_rel, err / max(expected.abs().max().item(), 1e-12))
+                mean = (got - expected).abs().mean().item()
+                worst_mean = max(worst_mean, mean if math.isfinite(mean) else math.inf)
+        return {"max_abs_err": worst_abs, "max_rel_err": worst_rel, "mean_abs_err": worst_mean}
+
+    def dynamic_shapes(self, batch: tuple[int, int, int]) -> dict[str, dict[int, torch.export.Dim] | None]:
+        """``torch.export`` dynamic shapes: one shared batch Dim within ``[batch[0], batch[2]]``."""
+        lo, _, hi = check_batch_range(batch)
+        dim = torch.export.Dim("batch", min=lo, max=hi)
+        return {name: ({0: dim} if name in self.batch_inputs else None) for name in self.input_names}
+
+
+def check_batch_range(batch: tuple[int, int, int] | list[int]) -> tuple[int, int, int]:
+    """Validate a ``(min, opt, max)`` batch range."""
+    if len(batch) != 3 or not all(isinstance(b, int) and not isinstance(b, bool) for b in batch):
+        raise ValueError(f"batch must be three ints (min, opt, max), got {batch!r}")
+    lo, opt, hi = batch
+    if not 1 <= lo <= opt <= hi:
+        raise ValueError(f"batch must satisfy 1 <= min <= opt <= max, got min={lo} opt={opt} max={hi}")
+    return lo, opt, hi
+
+
+def parse_batch_range(text: str) -> tuple[int, int, int]:
+    """``"a:b:c"`` (min:opt:max), ``"a:c"`` (opt = c) or ``"n"`` (fixed) -> ``(min, opt, max)``."""
+    try:
+        parts = [int(p) for p in text.split(":")]
+    except ValueError:
+        raise ValueError(f"batch range must be ints 'min:opt:max', got {text!r}") from None
+    if len(parts) == 1:
+        parts = parts * 3
+    elif len(parts) == 2:
+        parts = [parts[0], parts[1], parts[1]]
+    elif len(parts) != 3:
+        raise ValueError(f"batch range must be 'min:opt:max', 'min:max' or 'n', got {text!r}")
+    return check_batch_range(tuple(parts))
+
+
+# ---------------------------------------------------------------------------------------------------
+# LoFGAN
+
+
+class LoFGANInference(nn.Module):
+    """LoFGAN's generator with the fusion's randomness as inputs.
+
+    Batch of episodes (default): ``shots [B, K, 3, S, S], base [B], positions [B, n], alpha [B, K]``.
+    Single episode (``single_episode=True``): ``shots [K, 3, S, S]`` encoded once and shared by the B
+    generations, which is what generation at scale from one episode wants.
+    ``base``/``positions`` are int64; ``alpha`` float in the model's dtype. Indices are not checked
+    inside the graph (no host sync): draw them with :meth:`sample` or the documented distributions.
+    """
+
+    def __init__(self, gen: nn.Module, single_episode: bool = False):
+        super().__init__()
+        self.gen = gen
+        self.single_episode = single_episode
+
+    def forward(self, shots: Tensor, base: Tensor, positions: Tensor, alpha: Tensor) -> Tensor:
+        if self.single_episode:
+            feats = self.gen.encode(shots.unsqueeze(0))
+            feats = feats.expand(base.shape[0], -1, -1, -1, -1)
+        else:
+            feats = self.gen.encode(shots)
+        fused, _ = lfm_fuse(feats, base, positions, alpha, check_indices=False)
+        return self.gen.decode(fused)
+
+
+def _lofgan_graph(model: nn.Module, *, single_episode: bool, use_ema: bool) -> GeneratorGraph:
+    from fsgan_fast.models.lofgan import LoFGAN, LoFGANGenerator
+
+    which = "gen"
+    if isinstance(model, LoFGAN):
+        which = "gen_ema" if use_ema and model.gen_ema is not None else "gen"
+        gen = getattr(model, which)
+    elif isinstance(model, LoFGANGenerator):
+        gen = model
+    else:
+        raise TypeError(f"expected a LoFGAN or LoFGANGenerator, got {type(model).__name__}")
+    gen = copy.deepcopy(gen).eval().requires_grad_(False)
+    cfg = gen.cfg
+    K, S, f = cfg.shots, cfg.size, cfg.feature_size
+    n = gen.fusion.num_positions(f, f)
+    device = next(gen.parameters()).device
+
+    def sample(B: int, generator: torch.Generator | None, device: torch.device) -> tuple[Tensor, ...]:
+        where = generator.device if generator is not None else device
+        shape = (K, 3, S, S) if single_episode else (B, K, 3, S, S)
+        shots = torch.rand(shape, generator=generator, device=where) * 2 - 1
+        _, positions, alpha = gen.fusion.sample(B, K, f, f, device, generator)
+        base = torch.randint(K, (B,), generator=generator, device=where)
+        return shots.to(device), base.to(device), positions, alpha.to(device)
+
+    meta = {
+        "fsgan_fast.model": "lofgan",
+        "fsgan_fast.config": json.dumps(cfg.to_dict()),
+        "fsgan_fast.single_episode": str(int(single_episode)),
+        "fsgan_fast.generator": which,
+        "fsgan_fast.inputs": (
+            f"shots: {'[K' if single_episode else '[B, K'}, 3, {S}, {S}] images in [-1, 1], K={K}; "
+            f"base: [B] int64 in [0, K); positions: [B, {n}] int64, distinct per row, in [0, {f * f}) "
+            f"(flat positions of the {f}x{f} feature grid); alpha: [B, K] U(0,1) normalised to sum 1 per row"
+        ),
+        "fsgan_fast.outputs": f"images: [B, 3, {S}, {S}] in [-1, 1]",
+    }
+    module = LoFGANInference(gen, single_episode).to(device)
+    return GeneratorGraph(
+        model="lofgan",
+        module=module,
+        input_names=("shots", "base", "positions", "alpha"),
+        output_names=("images",),
+        batch_inputs=("base", "positions", "alpha") if single_episode else ("shots", "base", "positions", "alpha"),
+        sample=sample,
+        metadata=meta,
+    )
+
+
+def generator_graph(model: nn.Module, *, single_episode: bool = False, use_ema: bool = True) -> GeneratorGraph:
+    """The :class:`GeneratorGraph` of a model (LoFGAN: the pair or its generator).
+
+    ``use_ema``: take the EMA generator when the model has one. ``single_episode`` (LoFGAN): one set of
+    shots shared by the batch. The model is copied (eval mode, no grad); its dtype and device are kept.
+    """
+    from fsgan_fast.models.lofgan import LoFGAN, LoFGANGenerator
+
+    if isinstance(model, (LoFGAN, LoFGANGenerator)):
+        return _lofgan_graph(model, single_episode=single_episode, use_ema=use_ema)
+    raise TypeError(f"no export graph for {type(model).__name__}; exportable models: {', '.join(MODELS)}")
+
+
+__all__ = ["GeneratorGraph", "LoFGANInference", "generator_graph", "check_batch_range", "parse_batch_range", "MODELS"]
