@@ -1,13 +1,33 @@
 #!/usr/bin/env bash
 # On the lent GPU (device tool): build the extension, run every test with the CUDA and Triton backends for
 # real, then the benchmarks; write logs, the pytest-benchmark JSON and a markdown table to $OUT
-# (and to benches/results/ when run in a checkout). Usage: bash benches/gpu.sh [extra pytest -k filter]
+# (and to benches/results/ when run in a checkout).
+#
+#   bash benches/gpu.sh [STAGE...] [-k FILTER]
+#
+# Stages (default: all, in this order; one device call holds at most 10 minutes, so split them there):
+#   tests     every test, GPU-marked ones included
+#   ops       benches/ops      (lfm_fuse: reference / compiled / triton / cuda)
+#   models    benches/models   (LoFGAN train step and generation per backend)
+#   export    benches/export   (generation per deployment path: eager, compile, CUDA graph, AOTI, TensorRT)
+# The build runs first in every call (a no-op when the extension is up to date).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-benches/results}
 mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1 CUDA_HOME=${CUDA_HOME:-/usr/local/cuda}
 export TORCH_CUDA_ARCH_LIST=${TORCH_CUDA_ARCH_LIST:-9.0} MAX_JOBS=${MAX_JOBS:-16}
+
+stages=() filter=""
+while [ $# -gt 0 ]; do
+  case "$1" in
+    -k) filter="$2"; shift 2 ;;
+    tests|ops|models|export) stages+=("$1"); shift ;;
+    all) stages+=(tests ops models export); shift ;;
+    *) echo "unknown stage $1 (tests|ops|models|export|all, -k FILTER)"; exit 2 ;;
+  esac
+done
+[ ${#stages[@]} -eq 0 ] && stages=(tests ops models export)
 status=0
 
 python -m pip install -q --no-build-isolation --no-deps -e . 2>&1 | tail -20 | tee "$OUT/build.log" || status=1
@@ -16,12 +36,20 @@ python -c "import fsgan_fast; fsgan_fast.info(print_out=True)" 2>&1 | tee "$OUT/
 gpu=$(python -c "import torch; print(torch.cuda.get_device_name().replace(' ', '-'))" 2>/dev/null || echo cpu)
 stamp="$gpu-$(date -u +%Y-%m-%d)-$(git rev-parse --short HEAD 2>/dev/null || echo nogit)"
 
-# correctness first, in the same run that times: a fast wrong kernel is worth nothing
-python -m pytest tests -q -x --benchmark-disable -p no:cacheprovider ${1:+-k "$1"} 2>&1 | tee "$OUT/tests-$stamp.log"
-[ "${PIPESTATUS[0]}" -eq 0 ] || status=1
-
-python -m pytest benches -q -p no:cacheprovider --benchmark-enable --benchmark-json="$OUT/$stamp.json" \
-  --benchmark-columns=median,iqr,rounds ${1:+-k "$1"} 2>&1 | tee "$OUT/bench-$stamp.log"
-[ "${PIPESTATUS[0]}" -eq 0 ] || status=1
-[ -f "$OUT/$stamp.json" ] && python benches/report.py "$OUT/$stamp.json" | tee "$OUT/$stamp.md"
+for stage in "${stages[@]}"; do
+  start=$(date +%s)
+  if [ "$stage" = tests ]; then
+    # correctness first: a fast wrong kernel is worth nothing
+    python -m pytest tests -q -x --benchmark-disable -p no:cacheprovider ${filter:+-k "$filter"} 2>&1 \
+      | tee "$OUT/tests-$stamp.log"
+    [ "${PIPESTATUS[0]}" -eq 0 ] || status=1
+  else
+    json="$OUT/$stamp-$stage.json"
+    python -m pytest "benches/$stage" -q -p no:cacheprovider --benchmark-enable --benchmark-json="$json" \
+      --benchmark-columns=median,iqr,rounds ${filter:+-k "$filter"} 2>&1 | tee "$OUT/bench-$stamp-$stage.log"
+    [ "${PIPESTATUS[0]}" -eq 0 ] || status=1
+    [ -f "$json" ] && python benches/report.py "$json" | tee "$OUT/$stamp-$stage.md"
+  fi
+  echo "== $stage: $(( $(date +%s) - start )) s"
+done
 exit $status

@@ -20,7 +20,8 @@ def render(path: str) -> str:
     for b in data["benchmarks"]:
         ex = b.get("extra_info", {})
         per_call_us = b["stats"]["median"] / ex.get("inner", 1) * 1e6
-        rows[b["group"]][ex.get("backend", b["name"])] = (per_call_us, ex)
+        # deployment benches name their variant "path"; op and model benches name it "backend"
+        rows[b["group"]][ex.get("path") or ex.get("backend", b["name"])] = (per_call_us, ex)
         meta = ex
     lines = [
         f"# {path}",
@@ -28,12 +29,12 @@ def render(path: str) -> str:
         f"device: {meta.get('device', '?')}; torch {meta.get('torch', '?')}; triton {meta.get('triton', '?')}; "
         f"commit {meta.get('git_sha', '?')}; date {data.get('datetime', '?')}; host {machine.get('node', '?')}",
         "",
-        "| group | backend | median µs/call | vs eager reference | vs torch.compile | % HBM floor |",
+        "| group | variant | median µs/call | vs eager | vs torch.compile | % HBM floor |",
         "| --- | --- | ---: | ---: | ---: | ---: |",
     ]
     for group in sorted(rows):
         cells = rows[group]
-        ref = cells.get("reference", (None,))[0]
+        ref = cells.get("reference", cells.get("eager", (None,)))[0]  # eager reference, or eager model
         comp = cells.get("compiled", (None,))[0]
         for backend, (us, ex) in sorted(cells.items(), key=lambda kv: kv[1][0]):
             vs_ref = f"{ref / us:.1f}×" if ref else "–"

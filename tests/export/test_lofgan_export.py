@@ -178,3 +178,45 @@ def test_lofgan_aoti_native_lowering(model, tmp_path):
         runner(shots, base)
     with pytest.raises(FileNotFoundError):
         export.AOTIGenerator(tmp_path / "missing.pt2")
+
+
+# ---------------------------------------------------------------------------------------------------
+# GPU: AOTInductor on CUDA, TensorRT (run by benches/gpu.sh on the lent GPU)
+
+
+@pytest.fixture
+def exact_fp32():
+    """Eager convolutions in IEEE fp32 (cuDNN defaults to TF32), so parity measures the export, not TF32."""
+    before = torch.backends.cudnn.allow_tf32
+    torch.backends.cudnn.allow_tf32 = False
+    yield
+    torch.backends.cudnn.allow_tf32 = before
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("lowering", ["reference", "native"])
+def test_lofgan_aoti_cuda(model, tmp_path, lowering, exact_fp32):
+    if not torch.cuda.is_available():
+        pytest.skip("needs a CUDA device")
+    if lowering == "native" and backends.why_unavailable("lfm_fuse", "cuda", torch.device("cuda")) is not None:
+        pytest.skip(backends.why_unavailable("lfm_fuse", "cuda", torch.device("cuda")))
+    graph = export.generator_graph(model).to(device="cuda")
+    runner = export.AOTIGenerator(export.package_aoti(graph, tmp_path / "g.pt2", batch=(1, 8, 32), lowering=lowering))
+    assert runner.device.type == "cuda" and runner.metadata["AOTI_DEVICE_KEY"].startswith("cuda")
+    errs = graph.compare(runner, (1, 7, 32))
+    assert errs["max_rel_err"] <= PARITY, errs
+
+
+@pytest.mark.gpu
+def test_lofgan_tensorrt_engine(model, tmp_path):
+    from fsgan_fast.export.tensorrt import TRTGenerator, build_engine, tensorrt_unavailable
+
+    reason = tensorrt_unavailable("cuda")
+    if reason is not None:
+        pytest.skip(reason)
+    graph = export.generator_graph(model, single_episode=True)
+    onnx_path = export.export_onnx(graph, tmp_path / "g.onnx", batch=(1, 8, 32))
+    engine = build_engine(onnx_path, tmp_path / "g.plan", batch=(1, 8, 32), strict_fp32=True)
+    runner = TRTGenerator(engine)
+    errs = graph.to(device="cuda").compare(runner, (1, 9, 32))
+    assert errs["max_rel_err"] <= PARITY, errs
