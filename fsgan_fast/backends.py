@@ -98,7 +98,8 @@ def lowering(mode: str = "reference") -> Iterator[None]:
     graph (ONNX, torch.export, AOTInductor) holds only aten/standard ops and needs nothing of fsgan_fast at
     run time. ``"native"``: each op calls its private C++ kernel op (``torch.ops.fsgan_fast._<op>_<device>``),
     which a runtime resolves from ``fsgan_fast._C`` or the CMake library ``libfsgan_fast_ops``. Inference
-    only: neither keeps the ops' autograd formulas.
+    only: neither keeps the ops' autograd formulas. Inside the block the backend selection (``backend=``,
+    :func:`use_backend`, ...) does not apply and :func:`last_backend` is not updated.
     """
     if mode not in LOWERINGS:
         raise ValueError(f"unknown lowering {mode!r}; expected one of {', '.join(map(repr, LOWERINGS))}")

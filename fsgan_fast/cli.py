@@ -311,7 +311,6 @@ FP32_PARITY = 1e-4  # max |export - eager| / max |eager| for fp32 exports
 LOW_PRECISION_FACTOR = 4  # fp16/bf16 exports: mean error at most this times eager's in the same precision
 
 
-
 def _batch_range(text: str) -> tuple[int, int, int]:
     from fsgan_fast.export.graphs import parse_batch_range
 
@@ -319,6 +318,26 @@ def _batch_range(text: str) -> tuple[int, int, int]:
         return parse_batch_range(text)
     except ValueError as e:
         raise argparse.ArgumentTypeError(str(e)) from None
+
+
+EXPORT_SUFFIXES = {"onnx": (".onnx",), "tensorrt": (".plan", ".engine", ".trt"), "aoti": (".pt2",)}
+
+
+def _export_device(args: argparse.Namespace) -> "torch.device":
+    import torch
+
+    if args.format == "onnx":
+        return torch.device("cpu")  # traced and checked with onnxruntime on the CPU
+    default = "cuda" if args.format == "tensorrt" or torch.cuda.is_available() else "cpu"
+    try:
+        device = torch.device(args.device or default)
+    except RuntimeError as e:
+        raise CLIError(f"--device: {e}") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise CLIError(f"--device {device} asked for, but torch sees no CUDA device")
+    if device.type not in ("cpu", "cuda"):
+        raise CLIError(f"--device must be cpu or cuda[:N], got {device}")
+    return device
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
@@ -330,15 +349,23 @@ def _cmd_export(args: argparse.Namespace) -> int:
     precision = "fp16" if args.fp16 else "bf16" if args.bf16 else "fp32"
     if args.format != "aoti" and args.lowering != "reference":
         raise CLIError(f"--lowering {args.lowering} applies to --format aoti only (ONNX graphs hold standard ops)")
-    default_device = "cuda" if args.format == "tensorrt" or torch.cuda.is_available() else "cpu"
-    device = torch.device(args.device or default_device)
+    if not args.out.endswith(EXPORT_SUFFIXES[args.format]):
+        raise CLIError(f"--out for --format {args.format} must end in {' or '.join(EXPORT_SUFFIXES[args.format])}, "
+                       f"got {args.out!r}")
+    device = _export_device(args)
     if args.format == "tensorrt":
         from fsgan_fast.export.tensorrt import tensorrt_unavailable
 
         reason = tensorrt_unavailable(device)
         if reason is not None:
             raise CLIError(f"cannot build a TensorRT engine here: {reason}")
-    model = load_lofgan(args.ckpt, "cpu" if args.format == "onnx" else device)
+    if args.format in ("onnx", "tensorrt"):
+        from fsgan_fast.export.onnx import onnx_unavailable
+
+        reason = onnx_unavailable()
+        if reason is not None:
+            raise CLIError(reason)
+    model = load_lofgan(args.ckpt, device)
     if args.no_ema and model.gen_ema is None:
         raise CLIError("--no-ema given but the checkpoint has no EMA generator to skip")
 
@@ -347,50 +374,62 @@ def _cmd_export(args: argparse.Namespace) -> int:
         return export.generator_graph(model, single_episode=args.single_episode, use_ema=not args.no_ema).to(dtype)
 
     dtype = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[precision]
-    reference = graph_of(torch.float32)  # verification compares with the fp32 model
-    out = args.out
-    start = time.perf_counter()
-    if args.format == "onnx":
-        path = export.export_onnx(graph_of(dtype), out, batch=args.batch, opset=args.opset)
-        runner = None if args.no_verify else export.ORTGenerator(path)
-    elif args.format == "tensorrt":
-        from fsgan_fast.export.tensorrt import TRTGenerator, build_engine
+    out, start = args.out, time.perf_counter()
+    try:
+        if args.format == "onnx":
+            path = export.export_onnx(graph_of(dtype), out, batch=args.batch, opset=args.opset)
+            make_runner = lambda: export.ORTGenerator(path)  # noqa: E731
+        elif args.format == "tensorrt":
+            from fsgan_fast.export.tensorrt import TRTGenerator, build_engine
 
-        onnx_path = os.path.splitext(out)[0] + ".onnx"
-        export.export_onnx(graph_of(dtype).to(device="cpu"), onnx_path, batch=args.batch, opset=args.opset)
-        path = build_engine(onnx_path, out, precision=precision, batch=args.batch, timing_cache=args.timing_cache)
-        runner = None if args.no_verify else TRTGenerator(path, device)
-    else:
-        path = export.package_aoti(graph_of(dtype), out, batch=args.batch, lowering=args.lowering)
-        runner = None if args.no_verify else export.AOTIGenerator(path, device)
+            onnx_path = os.path.splitext(out)[0] + ".onnx"
+            export.export_onnx(graph_of(dtype).to(device="cpu"), onnx_path, batch=args.batch, opset=args.opset)
+            # IEEE fp32 for fp32 engines: TF32 would fail the 1e-4 parity check on Ampere and newer
+            path = build_engine(onnx_path, out, precision=precision, batch=args.batch, timing_cache=args.timing_cache,
+                                strict_fp32=precision == "fp32")
+            make_runner = lambda: TRTGenerator(path, device)  # noqa: E731
+        else:
+            path = export.package_aoti(graph_of(dtype), out, batch=args.batch, lowering=args.lowering)
+            make_runner = lambda: export.AOTIGenerator(path, device)  # noqa: E731
+    except (ValueError, RuntimeError, FileNotFoundError, ImportError) as e:
+        raise CLIError(f"export failed: {e}") from e
     print(f"wrote {path} ({args.format}, {precision}, batch {':'.join(map(str, args.batch))}) "
           f"in {time.perf_counter() - start:.1f} s")
-    if runner is not None:
-        sizes = tuple(sorted({args.batch[0], args.batch[2] if args.batch[2] <= 16 else args.batch[1]}))
-        try:
-            errs = reference.compare(runner, sizes)
-        except Exception as e:  # e.g. onnxruntime's CPU provider lacks some fp16 kernels
-            if precision == "fp32":
-                raise
-            print(f"parity run skipped: the {precision} export could not run here ({str(e).splitlines()[0][:200]})")
-            return 0
-        print(f"vs fp32 PyTorch at batch {list(sizes)}: max |err| {errs['max_abs_err']:.2e} "
-              f"(relative {errs['max_rel_err']:.2e}), mean |err| {errs['mean_abs_err']:.2e}")
-        if precision == "fp32":
-            ok = errs["max_rel_err"] <= FP32_PARITY
-            print(f"  {'ok' if ok else 'FAILED'}: tolerance {FP32_PARITY:.0e} relative")
-        else:
-            # Reduced precision flips near-tied matches of the fusion, each flip moving a whole feature cell,
-            # so the max error is large by nature and the mean varies with the number of flips. The bar is
-            # the eager model in the same precision; the factor catches broken exports, not rounding.
-            eager = graph_of(dtype).to(device=next(reference.module.parameters()).device)
-            base = reference.compare(eager.run, sizes)
-            ok = errs["mean_abs_err"] <= LOW_PRECISION_FACTOR * base["mean_abs_err"] + 1e-3
-            print(f"  {'ok' if ok else 'FAILED'}: eager PyTorch in {precision} has mean |err| {base['mean_abs_err']:.2e}; "
-                  f"the export may have at most {LOW_PRECISION_FACTOR}x that (+1e-3)")
-        if not ok:
-            raise CLIError(f"the exported {args.format} generator does not match PyTorch")
+    if not args.no_verify:
+        _verify_export(args, make_runner, graph_of, dtype, precision)
     return 0
+
+
+def _verify_export(args, make_runner, graph_of, dtype, precision: str) -> None:
+    """Run the export against fp32 PyTorch on random inputs; CLIError when it does not match."""
+    import torch
+
+    lo, opt, hi = args.batch
+    sizes = tuple(sorted({lo, opt, hi} if hi <= 64 else {lo, opt}))
+    reference = graph_of(torch.float32)
+    try:
+        errs = reference.compare(make_runner(), sizes)
+    except Exception as e:  # e.g. onnxruntime's CPU provider has no bf16 convolution
+        if precision == "fp32":
+            raise CLIError(f"the export was written but does not run: {e}") from e
+        print(f"parity run skipped: the {precision} export cannot run here ({str(e).splitlines()[0][:200]})")
+        return
+    print(f"vs fp32 PyTorch at batch {list(sizes)}: max |err| {errs['max_abs_err']:.2e} "
+          f"(relative {errs['max_rel_err']:.2e}), mean |err| {errs['mean_abs_err']:.2e}")
+    if precision == "fp32":
+        ok = errs["max_rel_err"] <= FP32_PARITY
+        print(f"  {'ok' if ok else 'FAILED'}: tolerance {FP32_PARITY:.0e} relative")
+    else:
+        # Reduced precision flips near-tied matches of the fusion, each flip moving a whole feature cell,
+        # so the max error is large by nature and the mean varies with the number of flips. The bar is
+        # the eager model in the same precision; the factor catches broken exports, not rounding.
+        eager = graph_of(dtype).to(device=next(reference.module.parameters()).device)
+        base = reference.compare(eager.run, sizes)
+        ok = errs["mean_abs_err"] <= LOW_PRECISION_FACTOR * base["mean_abs_err"] + 1e-3
+        print(f"  {'ok' if ok else 'FAILED'}: eager PyTorch in {precision} has mean |err| {base['mean_abs_err']:.2e}; "
+              f"the export may have at most {LOW_PRECISION_FACTOR}x that (+1e-3)")
+    if not ok:
+        raise CLIError(f"the exported {args.format} generator does not match PyTorch")
 
 
 def _add_export(sub) -> None:
@@ -414,17 +453,20 @@ def _add_export(sub) -> None:
     p.add_argument("--batch", type=_batch_range, default=(1, 8, 64), metavar="MIN:OPT:MAX",
                    help="dynamic batch range; OPT is what TensorRT tunes for; a single number fixes the batch")
     precision = p.add_mutually_exclusive_group()
-    precision.add_argument("--fp16", action="store_true", help="fp16 TensorRT engine or AOTInductor package")
-    precision.add_argument("--bf16", action="store_true", help="bf16 TensorRT engine or AOTInductor package")
+    precision.add_argument("--fp16", action="store_true",
+                           help="export the generator in fp16 (ONNX graph, TensorRT engine or AOTInductor package)")
+    precision.add_argument("--bf16", action="store_true",
+                           help="export in bf16 (onnxruntime's CPU provider cannot run bf16 graphs: no parity run)")
     p.add_argument("--single-episode", action="store_true",
                    help="shots [K,3,S,S] encoded once and shared by the batch (generation at scale from one episode)")
     p.add_argument("--no-ema", action="store_true", help="export the trained G rather than its EMA copy")
     p.add_argument("--lowering", choices=("reference", "native"), default="reference",
                    help="aoti only: 'reference' compiles the fusion from standard ops (loads with torch alone); "
                         "'native' calls fsgan_fast's C++/CUDA kernel (needs fsgan_fast.ops or libfsgan_fast_ops)")
-    p.add_argument("--opset", type=int, default=18, help="ONNX opset (TensorRT parses up to 20)")
+    p.add_argument("--opset", type=int, default=18, choices=(18, 19, 20), help="ONNX opset (TensorRT parses up to 20)")
     p.add_argument("--timing-cache", help="tensorrt only: timing cache file, read if present and updated")
-    p.add_argument("--device", help="device to compile/verify on (default: cuda if available, else cpu)")
+    p.add_argument("--device", help="aoti/tensorrt: device to compile and verify on (default: cuda if available, "
+                                    "else cpu); onnx is traced and verified on the CPU")
     p.add_argument("--no-verify", action="store_true", help="skip the parity run against PyTorch")
     p.set_defaults(func=_cmd_export)
 

@@ -100,6 +100,14 @@ def test_bad_arguments_fail_clearly(run_dir, tmp_path, capsys):
         (["export", "lofgan", "--ckpt", str(run_dir / "checkpoint.pt"), "--format", "onnx", "--out", "g.onnx",
           "--lowering", "native"], "aoti only"),
         (["export", "lofgan", "--ckpt", str(tmp_path / "none.pt"), "--format", "onnx", "--out", "g.onnx"], "does not exist"),
+        (["export", "lofgan", "--ckpt", str(run_dir / "checkpoint.pt"), "--format", "aoti", "--out", "g.so"],
+         "must end in .pt2"),
+        (["export", "lofgan", "--ckpt", str(run_dir / "checkpoint.pt"), "--format", "tensorrt", "--out", "g.onnx"],
+         "must end in .plan"),
+        (["export", "lofgan", "--ckpt", str(run_dir / "checkpoint.pt"), "--format", "aoti", "--out", "g.pt2",
+          "--device", "foo"], "--device"),
+        (["export", "lofgan", "--ckpt", str(run_dir / "checkpoint.pt"), "--format", "onnx", "--out", "g.onnx",
+          "--opset", "17"], "invalid choice"),
     ]
     for argv, message in cases:
         with pytest.raises(SystemExit) as exit_info:
@@ -117,7 +125,7 @@ def test_export_onnx_and_aoti(run_dir, tmp_path, capsys):
     assert main(["export", "lofgan", "--ckpt", ckpt, "--format", "onnx", "--out", str(tmp_path / "g.onnx"),
                  "--batch", "1:2:4"]) == 0
     out = capsys.readouterr().out
-    assert (tmp_path / "g.onnx").is_file() and "vs fp32 PyTorch at batch [1, 4]" in out and "  ok: tolerance" in out
+    assert (tmp_path / "g.onnx").is_file() and "vs fp32 PyTorch at batch [1, 2, 4]" in out and "  ok: tolerance" in out
     assert main(["export", "lofgan", "--ckpt", ckpt, "--format", "aoti", "--out", str(tmp_path / "g.pt2"),
                  "--batch", "1:2:4", "--single-episode", "--device", "cpu"]) == 0
     out = capsys.readouterr().out

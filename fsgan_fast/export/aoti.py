@@ -4,9 +4,10 @@ Two lowerings of the hot-path ops (see :func:`fsgan_fast.backends.lowering`):
 
 - ``"reference"`` (default): standard aten ops that Inductor compiles and fuses itself. The package needs
   only torch to load (``torch._inductor.aoti_load_package``), from Python or C++.
-- ``"native"``: calls to our private C++ kernels (``fsgan_fast::_lfm_fuse_cpu`` / ``_cuda``). Faster on
-  the GPU; the runtime must have the ops registered: ``import fsgan_fast.ops`` in Python, or load
-  ``libfsgan_fast_ops`` (CMakeLists.txt) with ``torch.ops.load_library`` before loading the package in C++.
+- ``"native"``: calls to our private C++ kernels (``fsgan_fast::_lfm_fuse_cpu`` / ``_cuda``), which
+  Inductor cannot fuse but which beat its code for the matching on a GPU (to be measured). The runtime
+  must register the ops before loading the package: ``import fsgan_fast.ops`` in Python (as
+  :class:`AOTIGenerator` does), or ``torch.ops.load_library`` of ``libfsgan_fast_ops`` (CMakeLists.txt) in C++.
 
 A package is compiled for the device (and CPU ISA) of the model it was made from.
 """
@@ -21,7 +22,7 @@ import torch
 from torch import Tensor
 
 from fsgan_fast import backends
-from fsgan_fast.export.graphs import GeneratorGraph, check_batch_range
+from fsgan_fast.export.graphs import BATCH_RANGE_KEY, GeneratorGraph, check_batch_range, check_inputs
 
 LOWERING_KEY = "fsgan_fast.lowering"
 DTYPE_KEY = "fsgan_fast.dtype"
@@ -55,7 +56,7 @@ def package_aoti(
     program = export_program(graph, batch=batch, lowering=lowering)
     meta = dict(graph.metadata)
     meta[LOWERING_KEY] = lowering
-    meta["fsgan_fast.batch_range"] = ":".join(map(str, check_batch_range(batch)))
+    meta[BATCH_RANGE_KEY] = ":".join(map(str, check_batch_range(batch)))
     meta["fsgan_fast.input_names"] = json.dumps(list(graph.input_names))
     meta["fsgan_fast.torch"] = torch.__version__
     meta[DTYPE_KEY] = str(next(graph.module.parameters()).dtype).removeprefix("torch.")
@@ -66,30 +67,41 @@ def package_aoti(
 
 
 class AOTIGenerator:
-    """A loaded AOTInductor package: ``gen(*inputs) -> images``. Inputs are made contiguous (the compiled
-    code assumes the traced strides), moved to the package's device, floats cast to its dtype."""
+    """A loaded AOTInductor package: ``gen(*inputs) -> images``.
 
-    def __init__(self, path: str | os.PathLike, device: str | torch.device | None = None):
+    Inputs are moved to the package's device, floats cast to its dtype and integers to int64, and made
+    contiguous: the compiled code reads raw memory with the traced dtypes and strides. With ``check``
+    (default) the batch size and index values are validated first (:func:`check_inputs`; one host sync on
+    a GPU), because compiled code meeting an out-of-range index aborts the process.
+    A package made with the native lowering needs fsgan_fast's kernels: they must be available here.
+    """
+
+    def __init__(self, path: str | os.PathLike, device: str | torch.device | None = None, *, check: bool = True):
         if not os.path.exists(path):
             raise FileNotFoundError(f"no AOTInductor package at {path}")
         self.path = Path(path)
+        self.check = check
         self.runner = torch._inductor.aoti_load_package(str(path))
-        self.metadata = {k: v for k, v in self.runner.get_metadata().items()}
-        if self.metadata.get(LOWERING_KEY) == "native":
-            import fsgan_fast.ops  # noqa: F401  registers the private kernel ops the package calls
+        self.metadata = dict(self.runner.get_metadata())
         key = self.metadata.get("AOTI_DEVICE_KEY", "cpu")
         self.device = torch.device(device if device is not None else ("cuda" if key.startswith("cuda") else "cpu"))
-        # the compiled code reads raw memory: feed floats in the traced dtype or it computes garbage
+        if self.metadata.get(LOWERING_KEY) == "native":
+            # the ops are registered (fsgan_fast.ops is imported by this package), but their kernels may
+            # not have been built: say so now rather than at the first call
+            reason = backends.why_unavailable("lfm_fuse", self.device.type, self.device)
+            if reason is not None:
+                raise backends.BackendUnavailableError(f"{path} calls fsgan_fast's native kernels: {reason}")
         self.dtype = getattr(torch, self.metadata.get(DTYPE_KEY, "float32"))
         names = self.metadata.get("fsgan_fast.input_names")
         self.input_names = tuple(json.loads(names)) if names else ()
 
     def __call__(self, *inputs: Tensor) -> Tensor:
-        if self.input_names and len(inputs) != len(self.input_names):
-            raise ValueError(f"expected {len(self.input_names)} inputs {self.input_names}, got {len(inputs)}")
-        out = self.runner(
-            *(t.to(self.device, self.dtype if t.is_floating_point() else t.dtype).contiguous() for t in inputs)
+        if self.check and self.input_names:
+            check_inputs(self.metadata, self.input_names, inputs)
+        moved = (
+            t.to(self.device, self.dtype if t.is_floating_point() else torch.int64).contiguous() for t in inputs
         )
+        out = self.runner(*moved)
         return out[0] if isinstance(out, (list, tuple)) and len(out) == 1 else out
 
 

@@ -8,11 +8,12 @@ plus a sampler that draws those inputs the way the Python model would. Graphs ar
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
 import json
 import math
-from typing import Callable
+from typing import Callable, Iterator
 
 import torch
 from torch import Tensor, nn
@@ -20,6 +21,10 @@ from torch import Tensor, nn
 from fsgan_fast.ops import lfm_fuse
 
 MODELS = ("lofgan",)
+# metadata keys the runners read back (all values are strings)
+BATCH_RANGE_KEY = "fsgan_fast.batch_range"  # "min:opt:max", added by each exporter
+BATCH_INPUTS_KEY = "fsgan_fast.batch_inputs"  # JSON list of the inputs with a batch axis 0
+INDEX_BOUNDS_KEY = "fsgan_fast.index_bounds"  # JSON {input: exclusive upper bound} of integer index inputs
 
 Sampler = Callable[[int, "torch.Generator | None", torch.device], tuple[Tensor, ...]]
 
@@ -72,30 +77,68 @@ class GeneratorGraph:
 
         Inputs live on the module's device. Returns ``max_abs_err``, ``max_rel_err`` (max |runner - eager|
         / max |eager|) and ``mean_abs_err``, worst over the batch sizes; raises ``AssertionError`` if an
-        output shape differs. NaN or inf in either output counts as an infinite error.
+        output shape differs. NaN or inf in either output counts as an infinite error. Runs under
+        :func:`ieee_fp32`, so TF32 does not count as export error.
         """
         device = next(self.module.parameters()).device
-        worst_abs, worst_rel, worst_mean = 0.0, 0.0, 0.0
-        for i, B in enumerate(batch_sizes):
-            inputs = self.example_inputs(B, device, seed + i)
-            expected = self.module(*inputs).float()
-            got = runner(*inputs).float().to(expected.device)
-            if got.shape != expected.shape:
-                raise AssertionError(f"the export returned {list(got.shape)}, eager {list(expected.shape)} (batch {B})")
-            if expected.numel():
-                err = (got - expected).abs().max().item()
-                err = err if math.isfinite(err) else math.inf  # NaN would vanish in max()
-                worst_abs = max(worst_abs, err)
-                worst_rel = max(worst_rel, err / max(expected.abs().max().item(), 1e-12))
-                mean = (got - expected).abs().mean().item()
-                worst_mean = max(worst_mean, mean if math.isfinite(mean) else math.inf)
-        return {"max_abs_err": worst_abs, "max_rel_err": worst_rel, "mean_abs_err": worst_mean}
+        worst = {"max_abs_err": 0.0, "max_rel_err": 0.0, "mean_abs_err": 0.0}
+        with ieee_fp32():
+            for i, B in enumerate(batch_sizes):
+                inputs = self.example_inputs(B, device, seed + i)
+                expected = self.module(*inputs).float()
+                got = runner(*inputs).float().to(expected.device)
+                if got.shape != expected.shape:
+                    raise AssertionError(f"the export returned {list(got.shape)}, eager {list(expected.shape)} (batch {B})")
+                if not expected.numel():
+                    continue
+                diff = (got - expected).abs()
+                scale = expected.abs().max().item()
+                errs = {"max_abs_err": diff.max().item(), "mean_abs_err": diff.mean().item()}
+                errs["max_rel_err"] = errs["max_abs_err"] / max(scale, 1e-12) if math.isfinite(scale) else math.inf
+                for key, value in errs.items():  # NaN would vanish in max(): count it as infinite
+                    worst[key] = max(worst[key], value if math.isfinite(value) else math.inf)
+        return worst
 
     def dynamic_shapes(self, batch: tuple[int, int, int]) -> dict[str, dict[int, torch.export.Dim] | None]:
         """``torch.export`` dynamic shapes: one shared batch Dim within ``[batch[0], batch[2]]``."""
         lo, _, hi = check_batch_range(batch)
         dim = torch.export.Dim("batch", min=lo, max=hi)
         return {name: ({0: dim} if name in self.batch_inputs else None) for name in self.input_names}
+
+
+@contextlib.contextmanager
+def ieee_fp32() -> Iterator[None]:
+    """fp32 convolutions and matmuls in IEEE fp32 inside the block (cuDNN defaults to TF32 on Ampere+)."""
+    cudnn, matmul = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = cudnn, matmul
+
+
+def check_inputs(metadata: dict[str, str], names: tuple[str, ...], inputs: tuple[Tensor, ...]) -> None:
+    """Clear errors, before a compiled graph sees them, for inputs its kernels would read out of bounds.
+
+    Uses the ``fsgan_fast.batch_range`` and ``fsgan_fast.index_bounds`` metadata of an export; reading the
+    index values costs one host sync on a GPU.
+    """
+    if len(inputs) != len(names):
+        raise ValueError(f"expected {len(names)} inputs {names}, got {len(inputs)}")
+    bounds = json.loads(metadata.get(INDEX_BOUNDS_KEY, "{}"))
+    batch_inputs = json.loads(metadata.get(BATCH_INPUTS_KEY, "[]"))
+    lo, _, hi = (int(v) for v in metadata.get(BATCH_RANGE_KEY, "1:1:0").split(":"))
+    for name, t in zip(names, inputs):
+        if not isinstance(t, Tensor):
+            raise TypeError(f"input {name!r} must be a torch.Tensor, got {type(t).__name__}")
+        if name in batch_inputs and hi >= lo and not lo <= t.shape[0] <= hi:
+            raise ValueError(f"input {name!r} has batch {t.shape[0]}, outside the export's range [{lo}, {hi}]")
+        if name in bounds:
+            if t.is_floating_point() or t.dtype == torch.bool:
+                raise TypeError(f"input {name!r} must be an integer tensor, got {t.dtype}")
+            if t.numel() and not bool(((t >= 0) & (t < bounds[name])).all()):
+                raise ValueError(f"input {name!r} must lie in [0, {bounds[name]}), got values in "
+                                 f"[{int(t.min())}, {int(t.max())}]")
 
 
 def check_batch_range(batch: tuple[int, int, int] | list[int]) -> tuple[int, int, int]:
@@ -167,13 +210,13 @@ def _lofgan_graph(model: nn.Module, *, single_episode: bool, use_ema: bool) -> G
     cfg = gen.cfg
     K, S, f = cfg.shots, cfg.size, cfg.feature_size
     n = gen.fusion.num_positions(f, f)
-    device = next(gen.parameters()).device
 
     def sample(B: int, generator: torch.Generator | None, device: torch.device) -> tuple[Tensor, ...]:
         where = generator.device if generator is not None else device
         shape = (K, 3, S, S) if single_episode else (B, K, 3, S, S)
         shots = torch.rand(shape, generator=generator, device=where) * 2 - 1
         _, positions, alpha = gen.fusion.sample(B, K, f, f, device, generator)
+        # a base per sample, whatever shared_base says, as LoFGAN.generate draws them
         base = torch.randint(K, (B,), generator=generator, device=where)
         return shots.to(device), base.to(device), positions, alpha.to(device)
 
@@ -188,14 +231,16 @@ def _lofgan_graph(model: nn.Module, *, single_episode: bool, use_ema: bool) -> G
             f"(flat positions of the {f}x{f} feature grid); alpha: [B, K] U(0,1) normalised to sum 1 per row"
         ),
         "fsgan_fast.outputs": f"images: [B, 3, {S}, {S}] in [-1, 1]",
+        INDEX_BOUNDS_KEY: json.dumps({"base": K, "positions": f * f}),
     }
-    module = LoFGANInference(gen, single_episode).to(device)
+    batch_inputs = ("base", "positions", "alpha") if single_episode else ("shots", "base", "positions", "alpha")
+    meta[BATCH_INPUTS_KEY] = json.dumps(list(batch_inputs))
     return GeneratorGraph(
         model="lofgan",
-        module=module,
+        module=LoFGANInference(gen, single_episode).eval(),
         input_names=("shots", "base", "positions", "alpha"),
         output_names=("images",),
-        batch_inputs=("base", "positions", "alpha") if single_episode else ("shots", "base", "positions", "alpha"),
+        batch_inputs=batch_inputs,
         sample=sample,
         metadata=meta,
     )
@@ -214,4 +259,13 @@ def generator_graph(model: nn.Module, *, single_episode: bool = False, use_ema: 
     raise TypeError(f"no export graph for {type(model).__name__}; exportable models: {', '.join(MODELS)}")
 
 
-__all__ = ["GeneratorGraph", "LoFGANInference", "generator_graph", "check_batch_range", "parse_batch_range", "MODELS"]
+__all__ = [
+    "GeneratorGraph",
+    "LoFGANInference",
+    "generator_graph",
+    "check_batch_range",
+    "parse_batch_range",
+    "check_inputs",
+    "ieee_fp32",
+    "MODELS",
+]

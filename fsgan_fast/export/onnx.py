@@ -9,7 +9,6 @@ custom domain, so onnxruntime and TensorRT's parser take it as is (:mod:`.tensor
 from __future__ import annotations
 
 import contextlib
-import io
 import logging
 import os
 import warnings
@@ -19,10 +18,12 @@ import torch
 from torch import Tensor
 
 from fsgan_fast import backends
-from fsgan_fast.export.graphs import GeneratorGraph, check_batch_range
+from fsgan_fast.export.graphs import BATCH_RANGE_KEY, GeneratorGraph, check_batch_range, check_inputs
 from fsgan_fast.export.tensorrt_ops import MAX_OPSET, check_tensorrt_parsable
 
-DEFAULT_OPSET = 18  # parsed by TensorRT 10 (<= 20) and run by onnxruntime >= 1.14
+# torch.onnx's dynamo exporter writes opset 18 and up (its version converter cannot go lower for Pad and
+# Resize); TensorRT 10 parses up to 20, onnxruntime >= 1.14 runs 18
+MIN_OPSET, DEFAULT_OPSET = 18, 18
 
 
 def onnx_unavailable() -> str | None:
@@ -45,13 +46,13 @@ def _example_batch(batch: tuple[int, int, int]) -> int:
 
 @contextlib.contextmanager
 def _quiet_exporter():
-    """The exporter prints progress lines and warns about absent torchvision ops: keep the CLI readable."""
+    """The exporter warns about absent torchvision ops and renamed axes: keep the CLI readable."""
     logger = logging.getLogger("torch.onnx")
     level = logger.level
     logger.setLevel(logging.ERROR)
     try:
-        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
-            warnings.simplefilter("ignore")
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", module=r"torch\.onnx")
             yield
     finally:
         logger.setLevel(level)
@@ -78,8 +79,11 @@ def export_onnx(
     import onnx
 
     batch = check_batch_range(batch)
-    if not 7 <= opset <= MAX_OPSET:
-        raise ValueError(f"opset must lie in [7, {MAX_OPSET}] (TensorRT's parser stops at {MAX_OPSET}), got {opset}")
+    if not MIN_OPSET <= opset <= MAX_OPSET:
+        raise ValueError(
+            f"opset must lie in [{MIN_OPSET}, {MAX_OPSET}] (the exporter writes >= {MIN_OPSET}; TensorRT's parser "
+            f"stops at {MAX_OPSET}), got {opset}"
+        )
     p = next(graph.module.parameters())
     if p.dtype not in (torch.float32, torch.float16, torch.bfloat16):
         raise ValueError(f"export ONNX files from a float32, float16 or bfloat16 model, got {p.dtype}")
@@ -97,12 +101,16 @@ def export_onnx(
             dynamic_shapes=dynamic,
             opset_version=opset,
             dynamo=True,
+            verbose=False,
             external_data=False,
             optimize=True,
         )
     model = onnx.load(str(path))
+    written = max((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), default=None)
+    if written != opset:
+        raise RuntimeError(f"asked for opset {opset} but the exporter wrote opset {written}")
     meta = dict(graph.metadata)
-    meta["fsgan_fast.batch_range"] = ":".join(map(str, batch))
+    meta[BATCH_RANGE_KEY] = ":".join(map(str, batch))
     meta["fsgan_fast.torch"] = torch.__version__
     del model.metadata_props[:]
     for key, value in sorted(meta.items()):
@@ -129,7 +137,8 @@ _ORT_FLOATS = {"tensor(float)": torch.float32, "tensor(float16)": torch.float16,
 class ORTGenerator:
     """An exported ONNX generator run by onnxruntime on torch tensors (CPU, or CUDA where the provider exists).
 
-    Float inputs are cast to the graph's input type (float32 or float16); the output comes back on the CPU.
+    Inputs are checked as :func:`check_inputs` says (batch range, index values), floats cast to the graph's
+    input type (float32 or float16) and integers to int64; the output comes back on the CPU.
     """
 
     def __init__(self, path: str | os.PathLike, providers: list[str] | None = None):
@@ -142,10 +151,10 @@ class ORTGenerator:
         self.session = ort.InferenceSession(os.fspath(path), options, providers=providers or ["CPUExecutionProvider"])
         self.input_names = tuple(i.name for i in self.session.get_inputs())
         self.output_names = tuple(o.name for o in self.session.get_outputs())
+        self.metadata = dict(self.session.get_modelmeta().custom_metadata_map)
 
     def __call__(self, *inputs: Tensor) -> Tensor:
-        if len(inputs) != len(self.input_names):
-            raise ValueError(f"expected {len(self.input_names)} inputs {self.input_names}, got {len(inputs)}")
+        check_inputs(self.metadata, self.input_names, inputs)
         feed = {}
         for meta, t in zip(self.session.get_inputs(), inputs):
             t = t.detach().cpu()
@@ -153,6 +162,8 @@ class ORTGenerator:
                 if meta.type not in _ORT_FLOATS:
                     raise ValueError(f"input {meta.name!r} is {meta.type}, which cannot be fed from numpy")
                 t = t.to(_ORT_FLOATS[meta.type])
+            elif meta.type == "tensor(int64)":
+                t = t.long()
             feed[meta.name] = t.contiguous().numpy()
         return torch.from_numpy(self.session.run(None, feed)[0])
 

@@ -178,6 +178,35 @@ def test_lofgan_aoti_native_lowering(model, tmp_path):
         runner(shots, base)
     with pytest.raises(FileNotFoundError):
         export.AOTIGenerator(tmp_path / "missing.pt2")
+    _check_runner_inputs(runner, graph)
+
+    # a fresh process that registers the kernels (fsgan_fast.ops) but never imports models or export
+    torch.save(graph.example_inputs(2, seed=5), tmp_path / "in.pt")
+    child = "import fsgan_fast.ops\n" + CHILD.replace(
+        'assert not [m for m in sys.modules if m.startswith("fsgan_fast")]',
+        'assert not [m for m in sys.modules if m.startswith(("fsgan_fast.models", "fsgan_fast.export"))]',
+    )
+    proc = subprocess.run([sys.executable, "-c", child, str(path), str(tmp_path / "in.pt"), str(tmp_path / "out.pt")],
+                          capture_output=True, text=True, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = torch.load(tmp_path / "out.pt")
+    out = out[0] if isinstance(out, (list, tuple)) else out
+    torch.testing.assert_close(out, graph.run(*torch.load(tmp_path / "in.pt")), rtol=1e-4, atol=1e-5)
+
+
+def _check_runner_inputs(runner, graph) -> None:
+    """int32 indices give the int64 answer; bad batch sizes and index values fail before the compiled code."""
+    shots, base, positions, alpha = graph.example_inputs(3, seed=2)
+    torch.testing.assert_close(runner(shots, base.int(), positions.int(), alpha), runner(shots, base, positions, alpha))
+    with pytest.raises(ValueError, match=r"'positions' must lie in \[0, 64\)"):
+        runner(shots, base, positions.masked_fill(positions == positions.max(), 64), alpha)
+    with pytest.raises(ValueError, match=r"'base' must lie in \[0, 3\)"):
+        runner(shots, base - 1, positions, alpha)
+    with pytest.raises(TypeError, match="'base' must be an integer tensor"):
+        runner(shots, base.float(), positions, alpha)
+    big = graph.example_inputs(9, seed=2)
+    with pytest.raises(ValueError, match=r"batch 9, outside the export's range \[1, 8\]"):
+        runner(*big)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -220,3 +249,25 @@ def test_lofgan_tensorrt_engine(model, tmp_path):
     runner = TRTGenerator(engine)
     errs = graph.to(device="cuda").compare(runner, (1, 9, 32))
     assert errs["max_rel_err"] <= PARITY, errs
+
+
+def test_ort_runner_checks_inputs(model, tmp_path):
+    graph = export.generator_graph(model)
+    runner = export.ORTGenerator(export.export_onnx(graph, tmp_path / "g.onnx", batch=(1, 4, 8)))
+    _check_runner_inputs(runner, graph)
+
+
+def test_requested_opset_is_written(model, tmp_path):
+    path = export.export_onnx(export.generator_graph(model), tmp_path / "g.onnx", batch=(1, 2, 4), opset=20)
+    assert [o.version for o in onnx.load(str(path)).opset_import if o.domain in ("", "ai.onnx")] == [20]
+
+
+def test_compare_counts_nan_as_infinite_error(model):
+    graph = export.generator_graph(model)
+    nan_runner = lambda *xs: torch.full((xs[0].shape[0], 3, 32, 32), float("nan"))  # noqa: E731
+    assert export.generator_graph(model).compare(nan_runner, (2,))["max_rel_err"] == float("inf")
+    broken = graph.to()
+    with torch.no_grad():
+        broken.module.gen.decoder[-1].conv.bias.fill_(float("nan"))
+    errs = broken.compare(graph.run, (2,))
+    assert errs["max_rel_err"] == errs["max_abs_err"] == float("inf")
