@@ -26,7 +26,7 @@ from typing import Any, Iterator
 
 import torch
 
-from fsgan_fast.export.graphs import check_batch_range
+from fsgan_fast.export.graphs import check_batch_range, check_inputs
 
 log = logging.getLogger("fsgan_fast")
 
@@ -192,6 +192,15 @@ def _sha256_file(path: pathlib.Path) -> str:
     return digest.hexdigest()
 
 
+def _onnx_metadata(path: pathlib.Path) -> dict[str, str]:
+    try:
+        from fsgan_fast.export.onnx import read_metadata
+
+        return read_metadata(path)
+    except ImportError:  # onnx not installed: the engine still builds, without input checks
+        return {}
+
+
 def _io_desc(trt: Any, tensor: Any) -> dict:
     return {"name": tensor.name, "dtype": _dtype_name(trt, tensor.dtype), "shape": list(tensor.shape)}
 
@@ -314,6 +323,8 @@ def build_engine(
         "onnx_sha256": hashlib.sha256(onnx_bytes).hexdigest(),
         # torch.onnx.export(dynamo=True) may put the weights in "<model>.onnx.data" beside the graph.
         "onnx_data_sha256": _sha256_file(data_path) if data_path.is_file() else None,
+        # fsgan_fast's ONNX metadata (model, config, index bounds): TRTGenerator checks inputs against it
+        "metadata": _onnx_metadata(onnx_path),
         "inputs": [_io_desc(trt, t) for t in inputs],
         "outputs": [_io_desc(trt, t) for t in outputs],
         "build_seconds": round(seconds, 3),
@@ -331,16 +342,25 @@ class TRTGenerator:
     legacy default stream TensorRT adds syncs of its own and warns once; run under
     ``torch.cuda.stream(side_stream)`` for throughput. Not safe to call from several threads at once.
 
+    With ``check`` (default) and an engine built by :func:`build_engine` from an fsgan_fast export, each
+    call first validates batch size and index inputs against the export's metadata (one host sync).
+
     Attributes:
         input_names, output_names: the engine's I/O tensor names, in engine order.
+        metadata: the fsgan_fast metadata of the ONNX graph the engine was built from ({} if unknown).
         batch_range: ``(min, opt, max)`` of axis 0 in profile 0 of the first input whose batch is
             dynamic, or ``(b, b, b)`` for an engine with a fixed batch ``b``.
     """
 
-    def __init__(self, engine_path: str | os.PathLike, device: str | torch.device = "cuda"):
+    def __init__(self, engine_path: str | os.PathLike, device: str | torch.device = "cuda", *, check: bool = True):
         path = pathlib.Path(engine_path)
         if not path.is_file():
             raise FileNotFoundError(f"no TensorRT engine at {path}")
+        sidecar = path.with_name(path.name + ".json")
+        # index bounds and batch range of an fsgan_fast export, checked per call when ``check`` (one host
+        # sync): TensorRT's gathers do not bounds-check
+        self.metadata: dict[str, str] = json.loads(sidecar.read_text()).get("metadata", {}) if sidecar.is_file() else {}
+        self.check = check
         device = torch.device(device)
         reason = tensorrt_unavailable(device)
         if reason is not None:
@@ -445,6 +465,8 @@ class TRTGenerator:
             RuntimeError: TensorRT rejects a shape or fails to enqueue.
         """
         bound = self._bind(inputs, named)
+        if self.check and self.metadata:
+            check_inputs(self.metadata, self.input_names, tuple(bound[n] for n in self.input_names))
         for name in self.input_names:
             self._check_shape(name, tuple(bound[name].shape))
         # Our graphs share one batch dim; TensorRT would only notice a mismatch at enqueue time.
