@@ -22,6 +22,9 @@ def device_name() -> str:
 
 @functools.cache
 def git_sha() -> str:
+    """The commit being measured: ``FSGAN_GIT_SHA`` (set by gpu.sh; a device copy may carry no .git), else git."""
+    if os.environ.get("FSGAN_GIT_SHA"):
+        return os.environ["FSGAN_GIT_SHA"]
     try:
         root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
         return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True, text=True).stdout.strip() or "unknown"

@@ -3,14 +3,15 @@
 # real, then the benchmarks; write logs, the pytest-benchmark JSON and a markdown table to $OUT
 # (and to benches/results/ when run in a checkout).
 #
-#   bash benches/gpu.sh [STAGE...] [-k FILTER]
+#   [FSGAN_GIT_SHA=<commit>] bash benches/gpu.sh [STAGE...] [-k FILTER]
 #
 # Stages (default: all, in this order; one device call holds at most 10 minutes, so split them there):
 #   tests     every test, GPU-marked ones included
 #   ops       benches/ops      (lfm_fuse: reference / compiled / triton / cuda)
 #   models    benches/models   (LoFGAN train step and generation per backend)
 #   export    benches/export   (generation per deployment path: eager, compile, CUDA graph, AOTI, TensorRT)
-# The build runs first in every call (a no-op when the extension is up to date).
+# The build runs first in every call (a no-op when the extension is up to date). The commit recorded in the
+# results is FSGAN_GIT_SHA when set (the device tool copies the working tree, maybe without .git), else git's HEAD.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-benches/results}
@@ -34,7 +35,9 @@ python -m pip install -q --no-build-isolation --no-deps -e . 2>&1 | tail -20 | t
 python -c "import fsgan_fast; fsgan_fast.info(print_out=True)" 2>&1 | tee "$OUT/info.txt"
 
 gpu=$(python -c "import torch; print(torch.cuda.get_device_name().replace(' ', '-'))" 2>/dev/null || echo cpu)
-stamp="$gpu-$(date -u +%Y-%m-%d)-$(git rev-parse --short HEAD 2>/dev/null || echo nogit)"
+FSGAN_GIT_SHA=${FSGAN_GIT_SHA:-$(git rev-parse --short HEAD 2>/dev/null || echo nogit)}
+export FSGAN_GIT_SHA
+stamp="$gpu-$(date -u +%Y-%m-%d)-$FSGAN_GIT_SHA"
 
 for stage in "${stages[@]}"; do
   start=$(date +%s)

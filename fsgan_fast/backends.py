@@ -138,6 +138,27 @@ def triton_installed() -> bool:
     return importlib.util.find_spec("triton") is not None
 
 
+def _version_tuple(version: str | None) -> tuple[int, ...]:
+    parts = []
+    for piece in (version or "0").split("+")[0].split(".")[:2]:
+        digits = "".join(ch for ch in piece if ch.isdigit())
+        parts.append(int(digits or 0))
+    return tuple(parts)
+
+
+def triton_interpreter_problem() -> str | None:
+    """Why Triton's CPU interpreter cannot run our kernels here, or ``None``.
+
+    Before triton 3.7 the interpreter turns a loop bound passed as an argument into a 1-element array and
+    calls ``int()`` on it, which numpy 2.4 refuses: every kernel with a runtime loop bound fails.
+    """
+    triton_version, numpy_version = _ext.module_version("triton"), _ext.module_version("numpy")
+    if _version_tuple(triton_version) < (3, 7) and _version_tuple(numpy_version) >= (2, 4):
+        return (f"triton {triton_version}'s CPU interpreter cannot run with numpy {numpy_version} (fixed in triton "
+                "3.7): install numpy<2.4 or triton>=3.7 to run the Triton kernels on the CPU")
+    return None
+
+
 def why_unavailable(op: str, backend: str, device: torch.device, dtype: torch.dtype | None = None) -> str | None:
     """``None`` if ``backend`` can run ``op`` on tensors of ``device``/``dtype``, else what is missing."""
     spec = _OPS[op]
@@ -150,6 +171,8 @@ def why_unavailable(op: str, backend: str, device: torch.device, dtype: torch.dt
             return "the 'triton' package is not installed (pip install triton)"
         if device.type == "cpu" and not triton_interpreted():
             return "Triton kernels need a CUDA tensor (or TRITON_INTERPRET=1 to run them on the CPU)"
+        if device.type == "cpu" and (problem := triton_interpreter_problem()) is not None:
+            return problem
         if device.type not in ("cuda", "cpu"):
             return f"Triton kernels do not run on {device.type!r} tensors"
         if dtype is not None and dtype not in spec.triton_dtypes:

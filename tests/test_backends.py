@@ -63,6 +63,25 @@ def test_triton_on_cpu_requires_the_interpreter(monkeypatch):
     )
 
 
+@pytest.mark.parametrize(
+    "triton_version, numpy_version, broken",
+    [("3.6.0", "2.4.1", True), ("3.6.0", "2.3.5", False), ("3.7.0", "2.4.1", False), ("3.8.0+git1234", "2.5.0", False),
+     ("3.5.1", "2.4.0rc1", True)],
+)
+def test_triton_interpreter_problem_names_the_fix(monkeypatch, triton_version, numpy_version, broken):
+    versions = {"triton": triton_version, "numpy": numpy_version}
+    monkeypatch.setattr(backends._ext, "module_version", versions.get)
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    problem = backends.triton_interpreter_problem()
+    assert (problem is not None) == broken
+    if broken:
+        assert "numpy<2.4" in problem and triton_version in problem
+        if backends.triton_installed():
+            assert backends.why_unavailable("lfm_fuse", "triton", torch.device("cpu")) == problem
+            # a GPU does not use the interpreter
+            assert backends.why_unavailable("lfm_fuse", "triton", torch.device("cuda")) is None
+
+
 def test_disabled_extension_degrades_to_reference():
     code = (
         "import warnings, torch, fsgan_fast\n"
