@@ -1,0 +1,70 @@
+"""The CUDA kernels in fsgan_fast._C, as nvcc built them: present for sm_90 and free of register spills.
+
+Runs wherever the extension was built with CUDA, GPU or not (CI compiles for sm_90 only). cuobjdump
+reads the cubins: the one every GPU test needs (sm_90, H100/H200) must be there, and ptxas must have kept
+each kernel in registers (no local memory, no stack), which a change of tile sizes or unrolling can undo
+without any test of the results noticing.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+
+import pytest
+
+from fsgan_fast import _ext, backends
+
+KERNELS = ("lfm_forward_kernel", "lfm_backward_kernel")
+
+
+def _cuobjdump() -> str | None:
+    if backends.triton_installed():  # triton's wheel ships one that reads current cubins
+        import triton
+
+        path = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "cuobjdump")
+        if os.path.exists(path):
+            return path
+    for candidate in (shutil.which("cuobjdump"), os.path.join(os.environ.get("CUDA_HOME", "/usr/local/cuda"),
+                                                              "bin", "cuobjdump")):
+        if candidate and os.path.exists(candidate):
+            return candidate
+    return None
+
+
+@pytest.fixture(scope="module")
+def dump():
+    _ext.load()
+    if not _ext.built_with_cuda():
+        pytest.skip(f"fsgan_fast._C was not built with CUDA kernels ({_ext.load_error or 'CPU-only build'})")
+    tool = _cuobjdump()
+    if tool is None:
+        pytest.skip("no cuobjdump (CUDA toolkit or triton wheel) to read the compiled kernels")
+    library = _ext.C.__file__
+    elves = subprocess.run([tool, "--list-elf", library], capture_output=True, text=True, check=True).stdout
+    usage = subprocess.run([tool, "--dump-resource-usage", library], capture_output=True, text=True, check=True).stdout
+    return elves, usage
+
+
+def _kernels(usage: str) -> list[tuple[str, dict[str, int]]]:
+    """(mangled name, {REG, STACK, SHARED, LOCAL}) of every function in the dump."""
+    found = re.findall(r"Function (\S+):\s*\n\s*(REG:.*)", usage)
+    return [(name, {k: int(v) for k, v in re.findall(r"(REG|STACK|SHARED|LOCAL):(\d+)", res)}) for name, res in found]
+
+
+def test_sm90_code_is_built(dump):
+    elves, _ = dump
+    archs = set(re.findall(r"\.sm_(\d+)[a-z]?\.cubin", elves))
+    assert "90" in archs, f"fsgan_fast._C holds cubins for sm_{sorted(archs)}, none for sm_90 (H100/H200)"
+
+
+def test_kernels_stay_in_registers(dump):
+    _, usage = dump
+    kernels = _kernels(usage)
+    for wanted in KERNELS:
+        assert any(wanted in name for name, _ in kernels), f"{wanted} is not in fsgan_fast._C"
+    spilling = [f"{name}: {res}" for name, res in kernels if any(w in name for w in KERNELS)
+                and (res["LOCAL"] > 0 or res["STACK"] > 0 or res["REG"] > 255)]
+    assert not spilling, "kernels spilling registers:\n" + "\n".join(spilling)
