@@ -440,10 +440,12 @@ int place_scratch(Kernel kernel, int64_t bytes, int64_t blocks, const at::Tensor
   C10_CUDA_CHECK(cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, device));
   cudaFuncAttributes attr{};
   C10_CUDA_CHECK(cudaFuncGetAttributes(&attr, kernel));
-  if (bytes <= optin - static_cast<int64_t>(attr.sharedSizeBytes)) {
+  const int64_t most = optin - static_cast<int64_t>(attr.sharedSizeBytes);
+  if (bytes <= most) {
+    // raise the limit to the device's most, never to this call's size: host threads launching the kernel
+    // at once then all set the same value, and none can lower it under another's launch
     if (bytes > attr.maxDynamicSharedSizeBytes)
-      C10_CUDA_CHECK(
-          cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(bytes)));
+      C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(most)));
     return static_cast<int>(bytes);
   }
   // stream-ordered by the caching allocator: freeing it after the launch is safe
@@ -454,8 +456,8 @@ int place_scratch(Kernel kernel, int64_t bytes, int64_t blocks, const at::Tensor
 
 void check_cuda_sizes(const at::Tensor& x, const lfm_params& p) {
   TORCH_CHECK_VALUE(x.is_cuda(), "the CUDA lfm kernels need CUDA tensors, got ", x.device());
-  // element offsets within one [C, P] plane (and C x tile) are int
-  TORCH_CHECK_VALUE(p.C * std::max<int64_t>(p.P, kApplyTile) <= INT_MAX,
+  // element offsets within one [C, P] plane (and C x tile) are int, and loops over them step by kThreads
+  TORCH_CHECK_VALUE(p.C * std::max<int64_t>(p.P, kApplyTile) <= INT_MAX - kThreads,
                     "the CUDA lfm kernels need C*H*W < 2^31, got C=", p.C, ", H*W=", p.P);
 }
 

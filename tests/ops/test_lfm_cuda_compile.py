@@ -3,7 +3,8 @@
 Runs wherever the extension was built with CUDA, GPU or not (CI compiles for sm_90 only). cuobjdump
 reads the cubins: the one every GPU test needs (sm_90, H100/H200) must be there, and ptxas must have kept
 each kernel in registers (no local memory, no stack), which a change of tile sizes or unrolling can undo
-without any test of the results noticing.
+without any test of the results noticing. And the build must not use fast math: its approximate square
+root (one ``MUFU.SQRT``, no refinement) moves cosines by a few ulp and flips near-tied matches.
 """
 
 from __future__ import annotations
@@ -45,7 +46,8 @@ def dump():
     library = _ext.C.__file__
     elves = subprocess.run([tool, "--list-elf", library], capture_output=True, text=True, check=True).stdout
     usage = subprocess.run([tool, "--dump-resource-usage", library], capture_output=True, text=True, check=True).stdout
-    return elves, usage
+    sass = subprocess.run([tool, "-sass", library], capture_output=True, text=True, check=True).stdout
+    return elves, usage, sass
 
 
 def _kernels(usage: str) -> list[tuple[str, dict[str, int]]]:
@@ -55,16 +57,25 @@ def _kernels(usage: str) -> list[tuple[str, dict[str, int]]]:
 
 
 def test_sm90_code_is_built(dump):
-    elves, _ = dump
+    elves, _, _ = dump
     archs = set(re.findall(r"\.sm_(\d+)[a-z]?\.cubin", elves))
     assert "90" in archs, f"fsgan_fast._C holds cubins for sm_{sorted(archs)}, none for sm_90 (H100/H200)"
 
 
 def test_kernels_stay_in_registers(dump):
-    _, usage = dump
+    _, usage, _ = dump
     kernels = _kernels(usage)
     for wanted in KERNELS:
         assert any(wanted in name for name, _ in kernels), f"{wanted} is not in fsgan_fast._C"
     spilling = [f"{name}: {res}" for name, res in kernels if any(w in name for w in KERNELS)
                 and (res["LOCAL"] > 0 or res["STACK"] > 0 or res["REG"] > 255)]
     assert not spilling, "kernels spilling registers:\n" + "\n".join(spilling)
+
+
+def test_square_roots_are_correctly_rounded(dump):
+    _, _, sass = dump
+    functions = re.split(r"\n\s*Function : ", sass)[1:]
+    forward = [f for f in functions if f.startswith("_") and "lfm_forward_kernel" in f.split("\n", 1)[0]]
+    assert forward, "no lfm_forward_kernel in the SASS of fsgan_fast._C"
+    approximate = [f.split("\n", 1)[0] for f in forward if "MUFU.SQRT" in f]
+    assert not approximate, "approximate square roots (built with --use_fast_math?) in:\n" + "\n".join(approximate)
