@@ -11,7 +11,7 @@ ref_idx [B,K-1,n] int64, alpha [B,K] float32, grad [B,C,H,W] in x's dtype. Each 
 kernel launch with no host synchronisation. Index values are never trusted: an out-of-range base,
 position or match reads nothing and contributes nothing, and every output element is still written.
 
-Forward, ``_lfm_fwd_kernel``, grid (B, t-blocks + copy-blocks):
+Forward, ``_lfm_fwd_kernel``, a 1-D grid of B x (t-blocks + copy-blocks) programs:
 
 * a t-program owns BLOCK_T selected positions of one batch row. Per reference it tiles the
   similarity S[t, j] = f[:, p_t] . x_r[:, j] over (j-block, c-block) with ``tl.dot``, accumulating in
@@ -34,6 +34,11 @@ Backward, ``_lfm_bwd_kernel``, grid (B, K), one program per (batch row, shot), l
   fill, and repeated matches simply add up in the dot;
 * grad_alpha[b, k] = sum over the tiles of x_k * (the tile before its alpha factor), which equals
   sum_t <x_k[:, matched_t], grad[:, p_t]>; one program owns it, so no cross-program reduction.
+* non-finite gradients: the one-hot dot would spread an inf to every column of its row (0 * inf). A tile
+  whose sum comes out non-finite is summed again, one selected position at a time, exactly as the
+  reference's scatter-add (only such tiles pay for it).
+
+Argmax: a NaN cosine wins, the first one on ties, as in ``torch.argmax``.
 
 Precision: every sum accumulates in float32. A float32 similarity uses ``tf32x3`` (three tf32
 tensor-core products, ~2^-21 relative error, close to plain float32 rounding, on the tensor cores
@@ -46,6 +51,7 @@ float32 accumulation. 16-bit inputs go to the tensor cores as they are (exact pr
 
 from __future__ import annotations
 
+import contextlib
 import functools
 
 import torch
@@ -97,7 +103,8 @@ def _fwd_config(B: int, C: int, P: int, n: int, dtype: torch.dtype) -> dict:
 def _bwd_config(C: int, P: int, n: int, dtype: torch.dtype) -> dict:
     """Block sizes of ``_lfm_bwd_kernel``: a BLOCK_C x BLOCK_J float32 gradient tile per step, the
     one-hot product reducing over BLOCK_T selected positions at a time (float32: three bfloat16
-    parts per gathered tile, hence the smaller ones). 8 warps: at most a few bytes of spill on sm_90."""
+    parts per gathered tile, hence the smaller ones). 8 warps: no spill on sm_90 with triton 3.6-3.8
+    (tests/ops/test_lfm_triton_compile.py holds every variant to that)."""
     wide = dtype == torch.float32
     return dict(
         BLOCK_C=_pow2(C, 16, 32 if wide else 64),
@@ -136,6 +143,7 @@ def _lfm_fwd_kernel(
     P,
     n,
     num_t_blocks,
+    blocks_per_row,
     MATCH: tl.constexpr,
     DOT_PRECISION: tl.constexpr,
     BLOCK_T: tl.constexpr,
@@ -144,8 +152,9 @@ def _lfm_fwd_kernel(
     COPY_P: tl.constexpr,
     COPY_C: tl.constexpr,
 ):
-    b = tl.program_id(0).to(tl.int64)
-    pid = tl.program_id(1)
+    # a 1-D grid (axis 0 takes 2^31 - 1 programs; axes 1 and 2 only 65535)
+    b = tl.program_id(0).to(tl.int64) // blocks_per_row
+    pid = (tl.program_id(0) % blocks_per_row).to(tl.int32)
     base = tl.load(base_ptr + b)
     base_ok = (base >= 0) & (base < K)  # every read of the base map is masked with it
     x_b = x_ptr + b * K * C * P
@@ -192,6 +201,9 @@ def _lfm_fwd_kernel(
                     # the same cosines as the reference, up to the dot's own rounding
                     norm = tl.maximum(tl.sqrt_rn(tl.sum(sq, axis=0)), _EPS)
                     cos = tl.div_rn(dots, norm[None, :])
+                    # NaN wins the argmax, as in torch.argmax: as +inf (finite inputs give |cos| <= |f|) the
+                    # left tie-break and the strict '>' below pick the first NaN, whatever the reduction order
+                    cos = tl.where(cos != cos, float("inf"), cos)
                     cos = tl.where(j_ok[None, :], cos, float("-inf"))
                     blk_best, blk_j = tl.max(cos, axis=1, return_indices=True, return_indices_tie_break_left=True)
                     # strictly greater: on a tie the earlier block, hence the smaller j, is kept
@@ -282,7 +294,8 @@ def _lfm_bwd_kernel(
                 g = tl.load(g_b + tile, mask=m, other=0.0).to(tl.float32)
                 tl.store(gx_k + tile, (g * scale[None, :]).to(gx_ptr.dtype.element_ty), mask=m)
                 xs = tl.load(x_k + tile, mask=m & (hits > 0)[None, :], other=0.0).to(tl.float32)
-                ga += tl.sum(xs * g * hits[None, :].to(tl.float32))
+                # only selected positions count: an infinite gradient elsewhere must not meet a zero there
+                ga += tl.sum(tl.where((hits > 0)[None, :], xs * g * hits[None, :].to(tl.float32), 0.0))
     else:
         # shot k is reference r; a shot that is neither (only with an out-of-range base) gets zeros
         r = k - (k > base).to(tl.int64)
@@ -321,6 +334,19 @@ def _lfm_bwd_kernel(
                         acc = _dot(lo, oh, acc, "tf32")
                     else:
                         acc = _dot(g_sel, onehot.to(g_sel.dtype), acc, "tf32")
+                # In the one-hot product a non-finite gradient reaches every column of its row (0 * inf = NaN),
+                # and an fp32 gradient near the float32 maximum overflows its bfloat16 split. Either shows as a
+                # non-finite sum somewhere in the tile: only then, the tile is summed again one selected
+                # position at a time, adding each gradient column at its match and nowhere else, as the
+                # reference's scatter-add does.
+                if tl.max(tl.max(tl.where(tl.abs(acc) < float("inf"), 0, 1), axis=1), axis=0) > 0:
+                    acc = tl.zeros([BLOCK_C, BLOCK_J], tl.float32)
+                    for t in range(0, n):
+                        p_t = tl.load(pos_b + t)
+                        j_t = tl.load(idx_r + t, mask=is_ref, other=-1)
+                        ok_t = (p_t >= 0) & (p_t < P)
+                        g_t = tl.load(g_b + offs_c * P + p_t, mask=c_ok & ok_t, other=0.0).to(tl.float32)
+                        acc += tl.where((offs_j == j_t)[None, :] & ok_t, g_t[:, None], 0.0)
                 tile = offs_c[:, None] * P + offs_j[None, :]
                 tl.store(gx_k + tile, (a_r * acc).to(gx_ptr.dtype.element_ty), mask=m)
                 xs = tl.load(x_k + tile, mask=m & (hits > 0)[None, :], other=0.0).to(tl.float32)
@@ -328,15 +354,34 @@ def _lfm_bwd_kernel(
     tl.store(ga_ptr + b * K + k, ga)
 
 
+_INT32_MAX = 2**31 - 1
+
+
+def _check_sizes(K: int, C: int, P: int, n: int) -> None:
+    # offsets within one [C, P] map and one [K-1, n] match row are int32 in the kernels
+    if C * P > _INT32_MAX or (K - 1) * n > _INT32_MAX:
+        raise ValueError(f"the Triton lfm kernels need C*H*W and (K-1)*n below 2^31, got C={C}, H*W={P}, K={K}, n={n}")
+
+
+def _device_of(t: torch.Tensor):
+    # Triton launches on the current device: make it the tensors' one (inputs on cuda:1, cuda:0 current)
+    return torch.cuda.device(t.device) if t.is_cuda else contextlib.nullcontext()
+
+
 def _launch_fwd(x, base, positions, ref_idx, alpha, out, match: bool) -> None:
     B, K, C, H, W = x.shape
     if B == 0:
         return
     P, n = H * W, positions.shape[1]
+    _check_sizes(K, C, P, n)
     cfg = _fwd_config(B, C, P, n, x.dtype)
     num_t_blocks = triton.cdiv(n, cfg["BLOCK_T"])
-    grid = (B, num_t_blocks + triton.cdiv(P, cfg["COPY_P"]))
-    _lfm_fwd_kernel[grid](x, base, positions, alpha, ref_idx, out, K, C, P, n, num_t_blocks, MATCH=match, **cfg)
+    blocks_per_row = num_t_blocks + triton.cdiv(P, cfg["COPY_P"])
+    if B * blocks_per_row > _INT32_MAX:
+        raise ValueError(f"lfm: {B} x {blocks_per_row} programs exceed one Triton launch")
+    with _device_of(x):
+        _lfm_fwd_kernel[(B * blocks_per_row,)](x, base, positions, alpha, ref_idx, out, K, C, P, n, num_t_blocks,
+                                               blocks_per_row, MATCH=match, **cfg)
 
 
 def lfm_fuse_fwd(feats, base, positions, alpha):
@@ -363,8 +408,10 @@ def lfm_apply_bwd(grad, x, base, positions, ref_idx, alpha):
     grad_alpha = _alloc.empty((B, K), torch.float32, x.device)
     if B > 0:
         P, n = H * W, positions.shape[1]
+        _check_sizes(K, C, P, n)
         cfg = _bwd_config(C, P, n, x.dtype)
-        _lfm_bwd_kernel[(B, K)](grad, x, base, positions, ref_idx, alpha, grad_x, grad_alpha, K, C, P, n, **cfg)
+        with _device_of(x):  # grid (B, K): B on axis 0 (2^31 - 1), K on axis 1
+            _lfm_bwd_kernel[(B, K)](grad, x, base, positions, ref_idx, alpha, grad_x, grad_alpha, K, C, P, n, **cfg)
     return grad_x, grad_alpha
 
 

@@ -176,6 +176,71 @@ def test_lfm_fuse_repeated_matches_sum_gradients(backend):
     assert_close(feats.grad, x64.grad, 1e-4, "grad feats")
 
 
+@pytest.mark.filterwarnings("ignore:invalid value encountered:RuntimeWarning")  # numpy, interpreter
+def test_lfm_fuse_nan_matches_like_torch_argmax(backend):
+    """NaN cosines win the argmax, the first one on ties, as torch.argmax does in the reference."""
+    name, device = backend
+    B, K, C, H, W, n = 3, 3, 8, 4, 5, 9
+    feats, base, positions, alpha = make_inputs(B, K, C, H, W, n, seed=7)
+    base = torch.tensor([0, 1, 2])
+    x = feats.view(B, K, C, H * W).clone()
+    x[0, 1, 3, 7] = float("nan")  # one reference column of row 0: every position of that row matches it
+    x[0, 1, 0, 11] = float("nan")  # a later NaN column of the same map loses to the first
+    x[1, 1, 2, positions[1, 4]] = float("nan")  # a selected base vector of row 1: its cosines are all NaN
+    x[2, 0, 5, 2] = float("nan")  # row 2: reference 0 has a NaN column; reference 1 stays finite
+    x = x.view(B, K, C, H, W)
+    fused, ref_idx = lfm_fuse(x.to(device), base.to(device), positions.to(device), alpha.to(device), backend=name)
+    exp_fused, exp_idx = L.lfm_fuse_reference(x.double(), base, positions, alpha.double())
+    assert exp_idx[0, 0].eq(7).all() and exp_idx[1, :, 4].eq(0).all() and exp_idx[2, 0].eq(2).all()  # setup
+    assert torch.equal(ref_idx.cpu(), exp_idx)
+    assert_close(fused, exp_fused, TOL[torch.float32], "fused")
+
+
+@pytest.mark.filterwarnings("ignore:invalid value encountered:RuntimeWarning")  # numpy, interpreter
+def test_lfm_apply_nonfinite_gradients_stay_at_their_matches(backend):
+    """inf/-inf/NaN in the incoming gradient reach exactly the elements the reference sends them to."""
+    name, device = backend
+    B, K, C, H, W, n = 3, 3, 20, 4, 5, 11
+    x, base, positions, alpha = make_inputs(B, K, C, H, W, n, seed=8)
+    gen = torch.Generator().manual_seed(9)
+    ref_idx = torch.randint(H * W, (B, K - 1, n), generator=gen)
+    ref_idx[0, 0, 1] = ref_idx[0, 0, 2]  # two positions sending to one column: +inf and -inf meet there
+    grad = torch.randn(B, C, H * W, generator=gen, dtype=torch.float64)
+    grad[0, 3, positions[0, 1]] = float("inf")
+    grad[0, 3, positions[0, 2]] = float("-inf")
+    grad[0, 4, positions[0, 5]] = float("inf")
+    grad[1, 6, positions[1, 0]] = float("nan")
+    grad[1, 7, positions[1, 3]] = float("-inf")
+    unselected = next(j for j in range(H * W) if not positions[2].eq(j).any())
+    grad[2, 8, unselected] = float("inf")  # reaches the base map only; row 2's alpha gradients stay finite
+    grad = grad.view(B, C, H, W)
+    x32, a32 = x.clone().requires_grad_(), alpha.clone().requires_grad_()
+    out = lfm_apply(x32.to(device), base.to(device), positions.to(device), ref_idx.to(device), a32.to(device),
+                    backend=name)
+    out.backward(grad.to(device, torch.float32))
+    x64, a64 = x.double().requires_grad_(), alpha.double().requires_grad_()
+    L.lfm_apply_reference(x64, base, positions, ref_idx, a64).backward(grad)
+    assert x64.grad.isinf().any() and x64.grad.isnan().any() and a64.grad[2].isfinite().all()  # setup
+    for got, want in ((x32.grad, x64.grad), (a32.grad, a64.grad)):
+        got = got.detach().double().cpu()
+        assert torch.equal(got.isnan(), want.isnan()), (got.isnan() ^ want.isnan()).nonzero()[:5].tolist()
+        assert torch.equal(got.isposinf(), want.isposinf()) and torch.equal(got.isneginf(), want.isneginf())
+        finite = want.isfinite()
+        assert torch.allclose(got[finite], want[finite], rtol=0, atol=1e-4)
+
+
+def test_triton_launchers_refuse_int32_overflow():
+    if not backends.triton_installed():
+        pytest.skip("the 'triton' package is not installed")
+    from fsgan_fast.kernels import lfm as triton_lfm
+
+    triton_lfm._check_sizes(5, 256, 256, 128)  # the benchmark size passes
+    with pytest.raises(ValueError, match="below 2\\^31"):
+        triton_lfm._check_sizes(3, 2**16, 2**15 + 1, 10)
+    with pytest.raises(ValueError, match="below 2\\^31"):
+        triton_lfm._check_sizes(2**12, 1, 2**20, 2**20)
+
+
 def test_lfm_backward_is_deterministic(backend):
     name, device = backend
     feats, base, positions, alpha = make_inputs(2, 4, 12, 6, 6, 30, device=device, seed=5)

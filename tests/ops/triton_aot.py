@@ -47,7 +47,7 @@ def _fwd_variants(B, K, C, H, W, n, dtype):
     warps = cfg.pop("num_warps")
     t = TRITON_TYPES[dtype]
     signature = dict(x_ptr=f"*{t}", base_ptr="*i64", pos_ptr="*i64", alpha_ptr="*fp32", idx_ptr="*i64",
-                     out_ptr=f"*{t}", K="i32", C="i32", P="i32", n="i32", num_t_blocks="i32")
+                     out_ptr=f"*{t}", K="i32", C="i32", P="i32", n="i32", num_t_blocks="i32", blocks_per_row="i32")
     for match in (True, False):  # lfm_fuse forward / lfm_apply forward
         yield lfm._lfm_fwd_kernel, signature, dict(MATCH=match, **cfg), warps
 
