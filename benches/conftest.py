@@ -13,7 +13,8 @@ os.environ.setdefault("FSGAN_FAST_POISON", "0")
 
 import fsgan_fast  # noqa: E402
 
-DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+# with its index: torch.device("cuda") != torch.device("cuda:0"), and tensors report the latter
+DEVICE = torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
 
 
 def device_name() -> str:

@@ -31,6 +31,15 @@ done
 [ ${#stages[@]} -eq 0 ] && stages=(tests ops models export)
 status=0
 
+# --no-deps installs nothing else: say at once what the machine lacks rather than failing stage by stage
+python - <<'PY' || exit 3
+import importlib.util, sys
+need = ["torch", "triton", "numpy", "pytest", "pytest_benchmark", "ninja", "skimage", "PIL", "tqdm"]
+optional = ["onnx", "onnxscript", "onnxruntime", "tensorrt"]
+missing = [m for m in need if importlib.util.find_spec(m) is None]
+print("optional, absent (their tests and benchmarks skip):", [m for m in optional if importlib.util.find_spec(m) is None])
+sys.exit(f"missing packages: {missing}" if missing else 0)
+PY
 python -m pip install -q --no-build-isolation --no-deps -e . 2>&1 | tail -20 | tee "$OUT/build.log" || status=1
 python -c "import fsgan_fast; fsgan_fast.info(print_out=True)" 2>&1 | tee "$OUT/info.txt"
 
@@ -43,15 +52,15 @@ for stage in "${stages[@]}"; do
   start=$(date +%s)
   if [ "$stage" = tests ]; then
     # correctness first: a fast wrong kernel is worth nothing
-    python -m pytest tests -q -x --benchmark-disable -p no:cacheprovider ${filter:+-k "$filter"} 2>&1 \
+    python -m pytest tests -q -x --benchmark-disable -p no:cacheprovider --durations=25 ${filter:+-k "$filter"} 2>&1 \
       | tee "$OUT/tests-$stamp.log"
     [ "${PIPESTATUS[0]}" -eq 0 ] || status=1
   else
     json="$OUT/$stamp-$stage.json"
-    python -m pytest "benches/$stage" -q -p no:cacheprovider --benchmark-enable --benchmark-json="$json" \
+    python -m pytest "benches/$stage" -q -p no:cacheprovider --benchmark-enable --benchmark-json="$json" --durations=25 \
       --benchmark-columns=median,iqr,rounds ${filter:+-k "$filter"} 2>&1 | tee "$OUT/bench-$stamp-$stage.log"
     [ "${PIPESTATUS[0]}" -eq 0 ] || status=1
-    [ -f "$json" ] && python benches/report.py "$json" | tee "$OUT/$stamp-$stage.md"
+    [ -s "$json" ] && python benches/report.py "$json" | tee "$OUT/$stamp-$stage.md"
   fi
   echo "== $stage: $(( $(date +%s) - start )) s"
 done

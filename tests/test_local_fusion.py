@@ -36,6 +36,22 @@ def test_same_generator_same_fusion_and_matches_reference():
     assert torch.equal(out3.fused, out1.fused)
     with pytest.raises(ValueError, match="distinct"):
         layer(feats, base=out1.base, positions=torch.zeros_like(out1.positions), alpha=out1.alpha)
+    # unless the caller vouches for them (a host sync saved on a GPU)
+    layer(feats, base=out1.base, positions=torch.zeros_like(out1.positions), alpha=out1.alpha, check_indices=False)
+
+
+def test_generate_does_not_revalidate_its_own_indices(monkeypatch):
+    """LoFGAN.generate draws valid indices itself: validating them would sync the host once per chunk."""
+    from fsgan_fast.models.lofgan import LoFGAN, LoFGANConfig
+    from fsgan_fast.ops import lfm as ops_lfm
+
+    checked = []
+    real = ops_lfm._check_common
+    monkeypatch.setattr(ops_lfm, "_check_common", lambda *a: checked.append(a[-1]) or real(*a))
+    model = LoFGAN(LoFGANConfig(size=32, shots=3, n_classes=4, gen_channels=(8, 8, 8, 8, 8)))
+    shots = torch.rand(3, 3, 32, 32) * 2 - 1
+    assert model.generate(shots, 5, torch.Generator().manual_seed(0), batch_size=2).shape == (5, 3, 32, 32)
+    assert checked and not any(checked), checked
 
 
 def test_bad_arguments():

@@ -13,6 +13,16 @@ def to_model_range(images: Tensor) -> Tensor:
     return images.float().div_(127.5).sub_(1.0)
 
 
+def _same_device(a: torch.device, b: torch.device) -> bool:
+    """``cuda`` (the current device, index None) and ``cuda:0`` are the same device when 0 is current."""
+    if a.type != b.type:
+        return False
+    if a.type != "cuda" or (a.index is not None and b.index is not None):
+        return a.index == b.index
+    current = torch.cuda.current_device()
+    return (a.index if a.index is not None else current) == (b.index if b.index is not None else current)
+
+
 class EpisodeSampler:
     """Draws ``(xs [B, K, 3, S, S] float32 in [-1, 1], labels [B] int64)`` from ``data``.
 
@@ -44,7 +54,7 @@ class EpisodeSampler:
         self.flip = flip
         if generator is None:
             generator = torch.Generator(data.device).manual_seed(seed)
-        elif generator.device != data.device:
+        elif not _same_device(generator.device, data.device):
             raise ValueError(f"generator is on {generator.device} but the data is on {data.device}")
         self.generator = generator
         self._offsets = data.offsets

@@ -167,11 +167,13 @@ class LoFGANGenerator(nn.Module):
         base: Tensor | None = None,
         positions: Tensor | None = None,
         alpha: Tensor | None = None,
+        check_indices: bool | None = None,
     ) -> tuple[Tensor, LocalFusionOutput]:
         """One fake per episode: ``xs [B, K, 3, S, S] -> (fake [B, 3, S, S], LocalFusionOutput)``.
 
         The fusion's base, positions and alpha are drawn from ``generator`` (or the default RNG of xs's
-        device) unless given; pass the recorded ones to replay a generation. K may differ from
+        device) unless given; pass the recorded ones to replay a generation. Given ones are validated
+        unless ``check_indices=False`` (see :class:`~fsgan_fast.nn.LocalFusion`). K may differ from
         ``cfg.shots`` but must be >= 2.
         """
         if isinstance(xs, Tensor) and xs.dim() == 4:
@@ -182,7 +184,7 @@ class LoFGANGenerator(nn.Module):
         _check_images("xs", xs, "[B, K, 3, S, S]", 5, 3, self.cfg.size)
         _check_shots(xs, "LoFGANGenerator")
         feats = self.encode(xs)
-        out = self.fusion(feats, generator, base=base, positions=positions, alpha=alpha)
+        out = self.fusion(feats, generator, base=base, positions=positions, alpha=alpha, check_indices=check_indices)
         return self.decode(out.fused), out
 
 
@@ -320,8 +322,9 @@ class LoFGAN(nn.Module):
             out = [shots.new_empty(0, 3, side, side)]
             for s in range(0, n, batch_size):
                 e = min(n, s + batch_size)
-                fused = gen.fusion(
-                    feats.expand(e - s, -1, -1, -1, -1), base=base[s:e], positions=positions[s:e], alpha=alpha[s:e]
+                fused = gen.fusion(  # indices drawn just above: valid, no check (a host sync per chunk)
+                    feats.expand(e - s, -1, -1, -1, -1), base=base[s:e], positions=positions[s:e], alpha=alpha[s:e],
+                    check_indices=False,
                 ).fused
                 out.append(gen.decode(fused))
             return torch.cat(out)
@@ -357,7 +360,7 @@ class LoFGAN(nn.Module):
             _, positions, alpha = gen.fusion.sample(1, K, f, f, shots.device, generator)
             where = generator.device if generator is not None else shots.device
             base = torch.randint(K, (1,), generator=generator, device=where).to(shots.device)
-            out = gen.fusion(feats, base=base, positions=positions, alpha=alpha)
+            out = gen.fusion(feats, base=base, positions=positions, alpha=alpha, check_indices=False)
             maps = lfm_similarity(feats, base, positions)[0].unflatten(-1, (f, f))
             fake = gen.decode(out.fused)[0]
         finally:

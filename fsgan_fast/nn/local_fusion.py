@@ -71,7 +71,13 @@ class LocalFusion(nn.Module):
         base: Tensor | None = None,
         positions: Tensor | None = None,
         alpha: Tensor | None = None,
+        check_indices: bool | None = None,
     ) -> LocalFusionOutput:
+        """Fuse ``feats [B, K, C, H, W]``, drawing what is not given from ``generator``.
+
+        Given indices are validated (a host sync on a GPU) unless ``check_indices=False``; drawn ones never
+        need it. Callers that drew them with :meth:`sample` themselves pass ``check_indices=False``.
+        """
         if not isinstance(feats, Tensor) or feats.dim() != 5:
             raise ValueError(f"LocalFusion expects feats of shape [B, K, C, H, W], got {getattr(feats, 'shape', feats)}")
         B, K, C, H, W = feats.shape
@@ -81,5 +87,6 @@ class LocalFusion(nn.Module):
             base = s_base if base is None else base
             positions = s_pos if positions is None else positions
             alpha = s_alpha if alpha is None else alpha
-        fused, ref_idx = lfm_fuse(feats, base, positions, alpha, backend=self.backend, check_indices=given)
+        check = given if check_indices is None else check_indices
+        fused, ref_idx = lfm_fuse(feats, base, positions, alpha, backend=self.backend, check_indices=check)
         return LocalFusionOutput(fused, base, positions, ref_idx, alpha)

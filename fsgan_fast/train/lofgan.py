@@ -189,9 +189,19 @@ class LoFGANTrainer:
         out["d_total"] = w.adv * out["d_adv"] + w.cls_d * out["d_cls"] + w.gp * out["d_gp"]
         return out
 
+    def _drawn_fusion(self, xs: Tensor) -> dict:
+        """With a compiled G, the fusion's randomness is drawn here, eagerly: random ops taking a generator
+        break torch.compile's graph. Same generator, same calls, so the same draws as inside G."""
+        if not self.cfg.compile:
+            return {}
+        B, K, f = xs.shape[0], xs.shape[1], self.model.cfg.feature_size
+        base, positions, alpha = self.model.gen.fusion.sample(B, K, f, f, xs.device, self.generator)
+        return dict(base=base, positions=positions, alpha=alpha, check_indices=False)
+
     def g_losses(self, xs: Tensor, labels: Tensor, **fusion: Tensor) -> dict[str, Tensor]:
         """G's losses; ``fusion`` may fix the fusion's ``base`` / ``positions`` / ``alpha`` (else drawn)."""
         w = self.cfg.weights
+        fusion = fusion or self._drawn_fusion(xs)
         with self.precision.autocast():
             fake, fused = self.gen_fwd(xs, self.generator, **fusion)
             adv, cls = self.dis_fwd_g(fake)
@@ -210,7 +220,7 @@ class LoFGANTrainer:
             for group in opt.param_groups:
                 group["lr"] = lr
         with torch.no_grad(), self.precision.autocast():
-            fake, _ = self.gen_fwd(xs, self.generator)
+            fake, _ = self.gen_fwd(xs, self.generator, **self._drawn_fusion(xs))
         d = self.d_losses(xs, labels, fake)
         optimizer_step(d["d_total"], self.opt_d, self.scaler_d, self.env.world_size)
         self.model.dis.requires_grad_(False)  # G's step needs no D gradients

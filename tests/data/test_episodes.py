@@ -71,6 +71,25 @@ def test_episodes_reproducible_and_resumable():
     assert all(torch.equal(u, v) for u, v in zip(fresh.sample(), expected))
 
 
+def test_sampler_generator_must_be_on_the_data_device():
+    from fsgan_fast.data.episodes import _same_device
+
+    data = coded_classes([5, 6, 7])
+    EpisodeSampler(data, 2, 3, generator=torch.Generator("cpu").manual_seed(1)).sample()
+    dev = torch.device
+    assert _same_device(dev("cpu"), dev("cpu")) and _same_device(dev("cuda:1"), dev("cuda", 1))
+    assert not _same_device(dev("cpu"), dev("cuda:0")) and not _same_device(dev("cuda:0"), dev("cuda:1"))
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_sampler_accepts_cuda_without_index():
+    """torch.Generator("cuda") reports device 'cuda', tensors moved with .to("cuda") report 'cuda:0'."""
+    data = coded_classes([5, 6, 7]).to(torch.device("cuda"))
+    xs, labels = EpisodeSampler(data, 2, 3, generator=torch.Generator("cuda").manual_seed(1)).sample()
+    assert xs.device == data.device and labels.device == data.device
+
+
 def test_flip_is_off_by_default_and_mirrors_when_on():
     img = torch.zeros(4, 3, 4, 4, dtype=torch.uint8)
     img[..., 0] = 255  # bright left column: a flip moves it to the right

@@ -243,6 +243,8 @@ def test_triton_launchers_refuse_int32_overflow():
 
 def test_lfm_backward_is_deterministic(backend):
     name, device = backend
+    if name == "reference" and device.type == "cuda":
+        pytest.skip("the reference's scatter_add_ adds with atomics on CUDA: not deterministic, and not meant to be")
     feats, base, positions, alpha = make_inputs(2, 4, 12, 6, 6, 30, device=device, seed=5)
     grads = []
     for _ in range(2):

@@ -2,7 +2,7 @@
 
 Runs wherever the extension was built with CUDA, GPU or not (CI compiles for sm_90 only). cuobjdump
 reads the cubins: the one every GPU test needs (sm_90, H100/H200) must be there, and ptxas must have kept
-each kernel in registers (no local memory, no stack), which a change of tile sizes or unrolling can undo
+each kernel in registers (no local memory, at most a few words of stack), which a change of tile sizes or unrolling can undo
 without any test of the results noticing. And the build must not use fast math: its approximate square
 root (one ``MUFU.SQRT``, no refinement) moves cosines by a few ulp and flips near-tied matches.
 """
@@ -19,20 +19,25 @@ import pytest
 from fsgan_fast import _ext, backends
 
 KERNELS = ("lfm_forward_kernel", "lfm_backward_kernel")
+STACK_BUDGET = 64  # bytes per thread (nvcc 13 uses none; another nvcc may keep a few words there)
 
 
 def _cuobjdump() -> str | None:
-    if backends.triton_installed():  # triton's wheel ships one that reads current cubins
+    """The toolkit's own first (it matches the nvcc that built the extension), else triton's bundled one."""
+    candidates = [os.path.join(os.environ.get("CUDA_HOME", "/usr/local/cuda"), "bin", "cuobjdump"),
+                  shutil.which("cuobjdump")]
+    if backends.triton_installed():
         import triton
 
-        path = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "cuobjdump")
-        if os.path.exists(path):
-            return path
-    for candidate in (shutil.which("cuobjdump"), os.path.join(os.environ.get("CUDA_HOME", "/usr/local/cuda"),
-                                                              "bin", "cuobjdump")):
-        if candidate and os.path.exists(candidate):
-            return candidate
-    return None
+        candidates.append(os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "cuobjdump"))
+    return next((c for c in candidates if c and os.path.exists(c)), None)
+
+
+def _run(tool: str, *args: str) -> str:
+    proc = subprocess.run([tool, *args], capture_output=True, text=True)
+    if proc.returncode != 0:  # e.g. a cuobjdump older than the nvcc that wrote the cubins
+        pytest.skip(f"{tool} {args[0]} failed: {proc.stderr.strip()[-300:]}")
+    return proc.stdout
 
 
 @pytest.fixture(scope="module")
@@ -44,10 +49,7 @@ def dump():
     if tool is None:
         pytest.skip("no cuobjdump (CUDA toolkit or triton wheel) to read the compiled kernels")
     library = _ext.C.__file__
-    elves = subprocess.run([tool, "--list-elf", library], capture_output=True, text=True, check=True).stdout
-    usage = subprocess.run([tool, "--dump-resource-usage", library], capture_output=True, text=True, check=True).stdout
-    sass = subprocess.run([tool, "-sass", library], capture_output=True, text=True, check=True).stdout
-    return elves, usage, sass
+    return _run(tool, "--list-elf", library), _run(tool, "--dump-resource-usage", library), _run(tool, "-sass", library)
 
 
 def _kernels(usage: str) -> list[tuple[str, dict[str, int]]]:
@@ -68,7 +70,7 @@ def test_kernels_stay_in_registers(dump):
     for wanted in KERNELS:
         assert any(wanted in name for name, _ in kernels), f"{wanted} is not in fsgan_fast._C"
     spilling = [f"{name}: {res}" for name, res in kernels if any(w in name for w in KERNELS)
-                and (res["LOCAL"] > 0 or res["STACK"] > 0 or res["REG"] > 255)]
+                and (res["LOCAL"] > 0 or res["STACK"] > STACK_BUDGET or res["REG"] > 255)]
     assert not spilling, "kernels spilling registers:\n" + "\n".join(spilling)
 
 
