@@ -334,12 +334,15 @@ def _lfm_bwd_kernel(
                         acc = _dot(lo, oh, acc, "tf32")
                     else:
                         acc = _dot(g_sel, onehot.to(g_sel.dtype), acc, "tf32")
+                tile = offs_c[:, None] * P + offs_j[None, :]
+                xs = tl.load(x_k + tile, mask=m & (hits > 0)[None, :], other=0.0).to(tl.float32)
+                tile_ga = tl.sum(xs * acc)
                 # In the one-hot product a non-finite gradient reaches every column of its row (0 * inf = NaN),
-                # and an fp32 gradient near the float32 maximum overflows its bfloat16 split. Either shows as a
-                # non-finite sum somewhere in the tile: only then, the tile is summed again one selected
-                # position at a time, adding each gradient column at its match and nowhere else, as the
-                # reference's scatter-add does.
-                if tl.max(tl.max(tl.where(tl.abs(acc) < float("inf"), 0, 1), axis=1), axis=0) > 0:
+                # and an fp32 gradient near the float32 maximum overflows its bfloat16 split. Either makes
+                # tile_ga non-finite (xs is 0 off the matches, and 0 * inf is NaN), so the check costs no extra
+                # reduction. Only then is the tile summed again, one selected position at a time, adding
+                # each gradient column at its match and nowhere else, as the reference's scatter-add does.
+                if not (tl.abs(tile_ga) < float("inf")):
                     acc = tl.zeros([BLOCK_C, BLOCK_J], tl.float32)
                     for t in range(0, n):
                         p_t = tl.load(pos_b + t)
@@ -347,10 +350,9 @@ def _lfm_bwd_kernel(
                         ok_t = (p_t >= 0) & (p_t < P)
                         g_t = tl.load(g_b + offs_c * P + p_t, mask=c_ok & ok_t, other=0.0).to(tl.float32)
                         acc += tl.where((offs_j == j_t)[None, :] & ok_t, g_t[:, None], 0.0)
-                tile = offs_c[:, None] * P + offs_j[None, :]
+                    tile_ga = tl.sum(xs * acc)
                 tl.store(gx_k + tile, (a_r * acc).to(gx_ptr.dtype.element_ty), mask=m)
-                xs = tl.load(x_k + tile, mask=m & (hits > 0)[None, :], other=0.0).to(tl.float32)
-                ga += tl.sum(xs * acc)
+                ga += tile_ga
     tl.store(ga_ptr + b * K + k, ga)
 
 
