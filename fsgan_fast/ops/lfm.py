@@ -26,7 +26,13 @@ Errors (ValueError/TypeError, raised before any kernel runs): wrong rank, K < 2,
 device mismatch, and, when ``check_indices`` is on, base/positions/ref_idx out of range or positions
 repeated within a row. Index values live on the tensors' device, so checking them costs a host sync
 on a GPU: ``LocalFusion`` samples valid indices itself and passes ``check_indices=False``; the
-kernels never read out of bounds even then (an out-of-range index selects nothing).
+kernels never read out of bounds even then (an out-of-range index selects nothing). Positions repeated
+within a row are outside the contract: ``lfm_fuse`` still gives the reference's values, but with
+``lfm_apply`` and different matches for the copies, which copy's value is kept depends on the backend
+(and, on the CUDA kernel, on thread timing).
+
+Non-finite values follow the reference: a NaN cosine wins the argmax (the first one), and an inf or
+NaN in the incoming gradient reaches only the elements the reference's scatter-add sends it to.
 """
 
 from __future__ import annotations
