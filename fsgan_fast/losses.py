@@ -113,9 +113,7 @@ def local_reconstruction_loss(xs: Tensor, fake: Tensor, fusion: LocalFusionOutpu
     return (target - fake_px).abs().mean()
 
 
-def r1_class_penalty(
-    real: Tensor, cls_logits: Tensor, labels: Tensor, *, scaler: torch.amp.GradScaler | None = None
-) -> Tensor:
+def r1_class_penalty(real: Tensor, cls_logits: Tensor, labels: Tensor) -> Tensor:
     """LoFGAN's gradient penalty on D: an R1 penalty on the true-class logit of the real images.
 
     ``g = d mean_i(cls_logits[i, labels[i]]) / d real``; returns ``sum(g**2) / real.shape[0]`` with
@@ -126,11 +124,6 @@ def r1_class_penalty(
     flattened from, ``[B, K, 3, S, S]`` with ``cls_logits = D(real.flatten(0, 1))`` (divides by B). The
     official code does the latter, so its penalty is K times the per-image one; pass the 5-D episodes to
     reproduce it with the official weight 10.
-
-    With fp16 autocast, pass D's enabled ``scaler``: the input gradient is then taken of the scaled logit
-    and unscaled in float32, as PyTorch's AMP recipe for gradient penalties does, so the small per-image
-    gradients (the mean divides by B*K) do not underflow in fp16's backward. The scale is read as the
-    scaler's tensor: no host sync.
     """
     _check_tensor("real", real)
     _check_tensor("cls_logits", cls_logits)
@@ -146,17 +139,11 @@ def r1_class_penalty(
     if real.dim() == 0 or real.shape[0] == 0:
         raise ValueError(f"real must hold at least one image, got shape {list(real.shape)}")
     picked = cls_logits.gather(1, labels.long().unsqueeze(1)).mean()
-    scaled = scaler is not None and scaler.is_enabled()
-    target = scaler.scale(picked) if scaled else picked
-    (grad,) = torch.autograd.grad(target, real, create_graph=True, allow_unused=True)
+    (grad,) = torch.autograd.grad(picked, real, create_graph=True, allow_unused=True)
     if grad is None:
         raise ValueError(
             "cls_logits does not depend on real: compute them from real (or a view of it) with grad enabled"
         )
-    grad = grad.to(torch.promote_types(grad.dtype, torch.float32))  # square and sum in float32 at least
-    if scaled:
-        scale = getattr(scaler, "_scale", None)  # the tensor scale() just multiplied by (set by that call)
-        grad = grad / (scale if isinstance(scale, Tensor) else scaler.get_scale())
     return grad.pow(2).sum() / real.shape[0]
 
 

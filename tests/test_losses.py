@@ -167,31 +167,6 @@ def test_r1_class_penalty_quadratic_and_episodes():
     assert xs.grad is not None and xs.grad.abs().sum() > 0
 
 
-def test_r1_class_penalty_loss_scaled_for_fp16():
-    """fp16: per-image input gradients of mean(logit) underflow; taken of the scaled logit, they do not."""
-    M, D, C = 64, 8, 3
-    W = torch.full((D, C), 2e-6)  # d mean / d x_i = W[:, y_i] / M ~ 3e-8: below fp16's smallest subnormal step
-    labels = torch.arange(M) % C
-    want = (W[:, labels] / M).double().pow(2).sum() / M  # the exact penalty
-
-    def penalty(scaler):
-        x = rand(M, D, seed=26).half().requires_grad_()
-        return r1_class_penalty(x, (x @ W.half()).float(), labels, scaler=scaler)  # fp32 logits, as the trainer
-
-    # unscaled: each gradient rounds to 0 or to the smallest fp16 subnormal, the penalty is far off
-    assert abs(penalty(None).item() - want.item()) > 0.5 * want.item()
-    scaler = torch.amp.GradScaler("cpu", init_scale=2.0**16)
-    pen = penalty(scaler)
-    assert pen.dtype == torch.float32 and pen.item() == pytest.approx(want.item(), rel=2e-2)
-    # a disabled scaler (bf16 / fp32 training) changes nothing; in fp32 the scaled penalty is the plain one
-    x = rand(5, 6, seed=27).requires_grad_()
-    Wf = rand(6, 2, seed=28)
-    lab = torch.tensor([0, 1, 1, 0, 1])
-    plain = r1_class_penalty(x, x @ Wf, lab)
-    assert torch.equal(r1_class_penalty(x, x @ Wf, lab, scaler=torch.amp.GradScaler("cpu", enabled=False)), plain)
-    torch.testing.assert_close(r1_class_penalty(x, x @ Wf, lab, scaler=torch.amp.GradScaler("cpu")), plain)
-
-
 def test_r1_class_penalty_bad_input():
     x = rand(3, 4, seed=24)
     W = rand(4, 2, seed=25)

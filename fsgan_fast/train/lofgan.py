@@ -184,7 +184,7 @@ class LoFGANTrainer:
         out = {
             "d_adv": hinge_d_loss(adv[: B * K], adv[B * K :]),
             "d_cls": classification_loss(cls_real, labels_k),
-            "d_gp": r1_class_penalty(real, cls_real, labels_k, scaler=self.scaler_d),
+            "d_gp": r1_class_penalty(real, cls_real, labels_k),
         }
         out["d_total"] = w.adv * out["d_adv"] + w.cls_d * out["d_cls"] + w.gp * out["d_gp"]
         return out

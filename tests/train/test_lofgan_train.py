@@ -125,23 +125,15 @@ def test_compiled_steps_match_eager_without_graph_breaks():
 
 
 @pytest.mark.parametrize("amp", ["bf16", "fp16"])
-def test_amp_step_runs(amp, monkeypatch):
+def test_amp_step_runs(amp):
     trainer = _trainer(amp)
     assert trainer.precision.dtype == {"bf16": torch.bfloat16, "fp16": torch.float16}[amp]
-    import fsgan_fast.train.lofgan as train_module
-
-    scalers = []
-    real_penalty = train_module.r1_class_penalty
-    monkeypatch.setattr(train_module, "r1_class_penalty",
-                        lambda *a, scaler=None: scalers.append(scaler) or real_penalty(*a, scaler=scaler))
     sampler = EpisodeSampler(builtin_classes(32, per_class=4), 4, 3, generator=trainer.generator)
     before = [p.detach().clone() for p in trainer.model.gen.parameters()]
     for _ in range(4):  # fp16 skips the first steps while the GradScaler lowers its scale from 2**16
         losses = trainer.train_step(sampler.sample())
         assert all(torch.isfinite(v) for v in losses.values()), losses
     assert any(not torch.equal(p, q) for p, q in zip(before, trainer.model.gen.parameters()))
-    # fp16: D's penalty gradient is taken of the loss-scaled logit (enabled scaler); bf16 needs no scaling
-    assert scalers and all(s is trainer.scaler_d and s.is_enabled() == (amp == "fp16") for s in scalers)
     with pytest.raises(ValueError, match="amp must be one of"):
         Precision("fp8", torch.device("cpu"))
 
