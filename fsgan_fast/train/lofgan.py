@@ -176,9 +176,18 @@ class LoFGANTrainer:
         B, K = xs.shape[:2]
         w = self.cfg.weights
         real = xs.detach().requires_grad_(True)  # 5-D: the penalty divides by B, as the official code does
-        with self.precision.autocast():
-            adv, cls = self.model.dis(torch.cat([real.flatten(0, 1), fake.detach().to(real.dtype)]))
-        adv, cls = adv.float(), cls.float()
+        if self.precision.mode == "fp16":
+            # The penalty's input gradients (of a mean over B*K logits) and their double backward fall below
+            # fp16's range, and loss scaling cannot serve both directions at once: under fp16 the real
+            # images go through D in fp32 (as in the official code), the fakes in fp16.
+            adv_r, cls_r = self.model.dis(real.flatten(0, 1))
+            with self.precision.autocast():
+                adv_f, cls_f = self.model.dis(fake.detach().to(real.dtype))
+            adv, cls = torch.cat([adv_r.float(), adv_f.float()]), torch.cat([cls_r.float(), cls_f.float()])
+        else:
+            with self.precision.autocast():
+                adv, cls = self.model.dis(torch.cat([real.flatten(0, 1), fake.detach().to(real.dtype)]))
+            adv, cls = adv.float(), cls.float()
         labels_k = labels.repeat_interleave(K)
         cls_real = cls[: B * K]
         out = {

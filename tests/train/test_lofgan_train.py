@@ -138,6 +138,25 @@ def test_amp_step_runs(amp):
         Precision("fp8", torch.device("cpu"))
 
 
+def test_fp16_penalty_is_computed_in_fp32():
+    """Under fp16 AMP the R1 penalty (and D's gradient from it) is what fp32 training computes: its
+    input gradients would underflow in fp16."""
+    g = torch.Generator().manual_seed(5)
+    xs = torch.rand(4, 3, 3, 32, 32, generator=g) * 2 - 1
+    labels = torch.randint(TINY.n_classes, (4,), generator=g)
+    fake = torch.rand(4, 3, 32, 32, generator=g) * 2 - 1
+    out = {}
+    for amp in ("none", "fp16"):
+        trainer = _trainer(amp)
+        losses = trainer.d_losses(xs, labels, fake)
+        losses["d_gp"].backward()
+        out[amp] = (losses["d_gp"].detach(), [p.grad.clone() for p in trainer.model.dis.parameters() if p.grad is not None])
+    torch.testing.assert_close(out["fp16"][0], out["none"][0], rtol=1e-4, atol=0)
+    assert len(out["fp16"][1]) == len(out["none"][1]) > 0
+    for a, b in zip(out["fp16"][1], out["none"][1]):
+        torch.testing.assert_close(a, b, rtol=1e-3, atol=1e-9)
+
+
 # ---------------------------------------------------------------------------------------------------
 # Data parallelism: two gloo processes under torchrun vs one process
 
