@@ -171,8 +171,8 @@ def why_unavailable(op: str, backend: str, device: torch.device, dtype: torch.dt
             return "the 'triton' package is not installed (pip install triton)"
         if device.type == "cpu" and not triton_interpreted():
             return "Triton kernels need a CUDA tensor (or TRITON_INTERPRET=1 to run them on the CPU)"
-        if device.type == "cpu" and (problem := triton_interpreter_problem()) is not None:
-            return problem
+        if triton_interpreted() and (problem := triton_interpreter_problem()) is not None:
+            return problem  # the interpreter runs every launch, CUDA tensors included
         if device.type not in ("cuda", "cpu"):
             return f"Triton kernels do not run on {device.type!r} tensors"
         if dtype is not None and dtype not in spec.triton_dtypes:

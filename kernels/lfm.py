@@ -78,8 +78,8 @@ def _fwd_config(B: int, C: int, P: int, n: int, dtype: torch.dtype) -> dict:
 
     The similarity tile is BLOCK_T x BLOCK_J (64 positions of the reference map per step), reduced
     over BLOCK_C channels at a time. float32 takes a shorter reduction step: tf32x3 splits both
-    operands in registers, and 16 channels keep 8 warps within the register file (ptxas for sm_90:
-    at most a few dozen bytes of spill). The copy tile is ~4K elements.
+    operands in registers, and 16 channels keep 8 warps within the register file (ptxas for sm_90,
+    triton 3.8: at most 32 B of stack per thread). The copy tile is ~4K elements.
     """
     block_t = 16
     for cand in (64, 32):
@@ -103,8 +103,9 @@ def _fwd_config(B: int, C: int, P: int, n: int, dtype: torch.dtype) -> dict:
 def _bwd_config(C: int, P: int, n: int, dtype: torch.dtype) -> dict:
     """Block sizes of ``_lfm_bwd_kernel``: a BLOCK_C x BLOCK_J float32 gradient tile per step, the
     one-hot product reducing over BLOCK_T selected positions at a time (float32: three bfloat16
-    parts per gathered tile, hence the smaller ones). 8 warps: no spill on sm_90 with triton 3.6-3.8
-    (tests/ops/test_lfm_triton_compile.py holds every variant to that)."""
+    parts per gathered tile, hence the smaller ones). 8 warps. ptxas for sm_90 spills nothing with
+    triton 3.8, and 80 B per thread with triton 3.6 for float32 at C=256, 16x16 (255 registers);
+    tests/ops/test_lfm_triton_compile.py holds every variant to at most 128 B."""
     wide = dtype == torch.float32
     return dict(
         BLOCK_C=_pow2(C, 16, 32 if wide else 64),
@@ -202,8 +203,10 @@ def _lfm_fwd_kernel(
                     norm = tl.maximum(tl.sqrt_rn(tl.sum(sq, axis=0)), _EPS)
                     cos = tl.div_rn(dots, norm[None, :])
                     # NaN wins the argmax, as in torch.argmax: as +inf (finite inputs give |cos| <= |f|) the
-                    # left tie-break and the strict '>' below pick the first NaN, whatever the reduction order
-                    cos = tl.where(cos != cos, float("inf"), cos)
+                    # left tie-break and the strict '>' below pick the first NaN, whatever the reduction order.
+                    # Any infinity also becomes +inf: the reference normalises f first, so an inf in f or in a
+                    # reference column gives NaN cosines there (inf / inf), never a real infinity
+                    cos = tl.where(tl.abs(cos) < float("inf"), cos, float("inf"))
                     cos = tl.where(j_ok[None, :], cos, float("-inf"))
                     blk_best, blk_j = tl.max(cos, axis=1, return_indices=True, return_indices_tie_break_left=True)
                     # strictly greater: on a tie the earlier block, hence the smaller j, is kept
@@ -347,9 +350,11 @@ def _lfm_bwd_kernel(
                     for t in range(0, n):
                         p_t = tl.load(pos_b + t)
                         j_t = tl.load(idx_r + t, mask=is_ref, other=-1)
-                        ok_t = (p_t >= 0) & (p_t < P)
+                        ok_t = (p_t >= 0) & (p_t < P) & (j_t >= 0) & (j_t < P)
                         g_t = tl.load(g_b + offs_c * P + p_t, mask=c_ok & ok_t, other=0.0).to(tl.float32)
                         acc += tl.where((offs_j == j_t)[None, :] & ok_t, g_t[:, None], 0.0)
+                    # reloaded rather than kept live across the branch: fewer registers on the fast path
+                    xs = tl.load(x_k + tile, mask=m & (hits > 0)[None, :], other=0.0).to(tl.float32)
                     tile_ga = tl.sum(xs * acc)
                 tl.store(gx_k + tile, (a_r * acc).to(gx_ptr.dtype.element_ty), mask=m)
                 ga += tile_ga
@@ -360,8 +365,9 @@ _INT32_MAX = 2**31 - 1
 
 
 def _check_sizes(K: int, C: int, P: int, n: int) -> None:
-    # offsets within one [C, P] map and one [K-1, n] match row are int32 in the kernels
-    if C * P > _INT32_MAX or (K - 1) * n > _INT32_MAX:
+    # offsets within one [C, P] map and one [K-1, n] match row are int32 in the kernels, and the loops over
+    # them step by up to 256 (a block), so leave that much room
+    if C * P > _INT32_MAX - 256 or (K - 1) * n > _INT32_MAX - 256:
         raise ValueError(f"the Triton lfm kernels need C*H*W and (K-1)*n below 2^31, got C={C}, H*W={P}, K={K}, n={n}")
 
 

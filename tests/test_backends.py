@@ -77,8 +77,9 @@ def test_triton_interpreter_problem_names_the_fix(monkeypatch, triton_version, n
     if broken:
         assert "numpy<2.4" in problem and triton_version in problem
         if backends.triton_installed():
-            assert backends.why_unavailable("lfm_fuse", "triton", torch.device("cpu")) == problem
-            # a GPU does not use the interpreter
+            for device in ("cpu", "cuda"):  # with TRITON_INTERPRET=1 even CUDA tensors are interpreted
+                assert backends.why_unavailable("lfm_fuse", "triton", torch.device(device)) == problem
+            monkeypatch.setenv("TRITON_INTERPRET", "0")
             assert backends.why_unavailable("lfm_fuse", "triton", torch.device("cuda")) is None
 
 

@@ -188,10 +188,12 @@ def test_lfm_fuse_nan_matches_like_torch_argmax(backend):
     x[0, 1, 0, 11] = float("nan")  # a later NaN column of the same map loses to the first
     x[1, 1, 2, positions[1, 4]] = float("nan")  # a selected base vector of row 1: its cosines are all NaN
     x[2, 0, 5, 2] = float("nan")  # row 2: reference 0 has a NaN column; reference 1 stays finite
+    x[2, 2, 1, positions[2, 3]] = float("inf")  # row 2: an infinite base vector, NaN cosines (inf / inf) everywhere
     x = x.view(B, K, C, H, W)
     fused, ref_idx = lfm_fuse(x.to(device), base.to(device), positions.to(device), alpha.to(device), backend=name)
     exp_fused, exp_idx = L.lfm_fuse_reference(x.double(), base, positions, alpha.double())
-    assert exp_idx[0, 0].eq(7).all() and exp_idx[1, :, 4].eq(0).all() and exp_idx[2, 0].eq(2).all()  # setup
+    assert exp_idx[0, 0].eq(7).all() and exp_idx[1, :, 4].eq(0).all() and exp_idx[2, :, 3].eq(0).all()  # setup
+    assert exp_idx[2, 0, :3].eq(2).all()
     assert torch.equal(ref_idx.cpu(), exp_idx)
     assert_close(fused, exp_fused, TOL[torch.float32], "fused")
 

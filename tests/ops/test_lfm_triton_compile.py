@@ -67,8 +67,8 @@ def test_resources_fit_the_gpu(compiled):
 
 
 def test_refuses_to_run_under_the_interpreter():
-    proc = subprocess.run([sys.executable, "-m", "tests.ops.triton_aot"], cwd=ROOT, capture_output=True, text=True,
-                          env=dict(os.environ, TRITON_INTERPRET="1"), timeout=300)
     if not backends.triton_installed():
         pytest.skip("the 'triton' package is not installed")
+    proc = subprocess.run([sys.executable, "-m", "tests.ops.triton_aot"], cwd=ROOT, capture_output=True, text=True,
+                          env=dict(os.environ, TRITON_INTERPRET="1"), timeout=300)
     assert proc.returncode != 0 and "TRITON_INTERPRET=0" in proc.stderr

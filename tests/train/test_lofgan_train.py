@@ -106,7 +106,7 @@ def _trainer(amp: str = "none", weights: LoFGANLossWeights | None = None, seed: 
 
 
 def test_compiled_steps_match_eager_without_graph_breaks():
-    """--compile: the same losses as eager over two steps, and G / D each compile to one graph
+    """--compile: the same losses as eager over two steps, and no graph breaks in the compiled G and D
     (the fusion's randomness is drawn outside the compiled G)."""
     import torch._dynamo
 
