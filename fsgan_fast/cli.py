@@ -254,7 +254,8 @@ def _add_train_lofgan(sub) -> None:
                    help="downsampling in the local reconstruction loss: nearest (official) or area (cell means)")
     p.add_argument("--amp", choices=("none", "bf16", "fp16"), default="none",
                    help="mixed precision: bf16 autocast (recommended on GPUs), or fp16 autocast with loss "
-                        "scaling (the R1 penalty's inner gradient is not loss-scaled)")
+                        "scaling (D's pass over the real images, which the R1 penalty differentiates twice, "
+                        "stays fp32)")
     p.add_argument("--ema", type=float, nargs="?", const=0.999, default=0.0, metavar="DECAY",
                    help="keep an EMA of G for samples and generation (--ema alone: decay 0.999; 0 = off)")
     p.add_argument("--flip", action="store_true", help="random horizontal flips of the shots (off officially)")
