@@ -16,6 +16,13 @@ from fsgan_fast.backends import (  # noqa: E402
 from fsgan_fast.backends import info as _info  # noqa: E402
 
 
+def load(path, device="cpu"):
+    """The model of any fsgan_fast checkpoint, chosen by its ``model`` field, in eval mode on ``device``."""
+    from fsgan_fast.models.registry import load as _load
+
+    return _load(path, device)
+
+
 def info(print_out: bool = False) -> dict:
     """Versions, devices, which backends built and which each op uses; prints a table if asked."""
     data = _info()
@@ -24,4 +31,4 @@ def info(print_out: bool = False) -> dict:
     return data
 
 
-__all__ = ["ops", "nn", "info", "format_info", "set_backend", "use_backend", "last_backend", "BackendUnavailableError"]
+__all__ = ["ops", "nn", "load", "info", "format_info", "set_backend", "use_backend", "last_backend", "BackendUnavailableError"]

@@ -1,506 +1,595 @@
-"""The ``fsgan-fast`` command: info | demo | train | generate | export."""
+"""The ``fsgan-fast`` command: info | train | generate | export | eval | bench.
+
+Every model subcommand is built from the model registry (:mod:`fsgan_fast.models.registry`): its options
+come from the model's config dataclasses (one default, one help text, written once in the model's
+modules), so this file holds no model name. Precedence of a train option, weakest first: the config
+dataclass default, ``--preset``, ``--config FILE`` (YAML or a run's ``config.json``), the command line.
+"""
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
+import shutil
+import subprocess
 import sys
 import time
+from pathlib import Path
+from typing import Any, Literal
 
-
-def _cmd_info(args: argparse.Namespace) -> int:
-    import fsgan_fast
-
-    data = fsgan_fast.info()
-    print(json.dumps(data, indent=2, default=str) if args.json else fsgan_fast.format_info(data))
-    return 0
-
-
-def _cmd_demo(args: argparse.Namespace) -> int:
-    """Fuse real photo features with every available backend and check they agree."""
-    import torch
-
-    import fsgan_fast
-    from fsgan_fast import backends
-    from fsgan_fast.ops.lfm import lfm_fuse_reference
-
-    device = torch.device(args.device)
-    gen = torch.Generator().manual_seed(args.seed)
-    feats = _demo_features(args.batch, args.shots, args.channels, args.grid, gen).to(device)
-    layer = fsgan_fast.nn.LocalFusion(rate=args.rate)
-    base, positions, alpha = layer.sample(args.batch, args.shots, args.grid, args.grid, device, gen)
-    expected, expected_idx = lfm_fuse_reference(feats.double(), base, positions, alpha.double())
-    print(f"LoFGAN local fusion on {args.batch}x{args.shots} shots, {args.channels}x{args.grid}x{args.grid} features "
-          f"from scikit-image photos, n={positions.shape[1]} positions, device {device}")
-    for name in backends.BACKENDS:
-        reason = backends.why_unavailable("lfm_fuse", name, device, feats.dtype)
-        if reason is not None:
-            print(f"  {name:<10} skipped: {reason}")
-            continue
-        fused, ref_idx = fsgan_fast.ops.lfm_fuse(feats, base, positions, alpha, backend=name)
-        start = time.perf_counter()
-        for _ in range(args.repeat):
-            fused, ref_idx = fsgan_fast.ops.lfm_fuse(feats, base, positions, alpha, backend=name)
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        ms = (time.perf_counter() - start) / args.repeat * 1e3
-        err = (fused.double() - expected).abs().max().item()
-        same = (ref_idx == expected_idx).float().mean().item()
-        print(f"  {name:<10} {ms:8.3f} ms/call  max|err| {err:.2e}  matches equal {same:6.1%}")
-    return 0
-
-
-def _demo_features(B: int, K: int, C: int, grid: int, gen) -> "torch.Tensor":
-    """[B,K,C,grid,grid] features: random crops of scikit-image's photos under a fixed random conv."""
-    import numpy as np
-    import torch
-    import torch.nn.functional as F
-    from skimage import data as skdata
-
-    photos = [skdata.astronaut(), skdata.coffee(), skdata.chelsea(), skdata.rocket()]
-    imgs = []
-    for i in range(B * K):
-        p = photos[i % len(photos)]
-        h, w = p.shape[:2]
-        y = int(torch.randint(0, h - 128, (1,), generator=gen))
-        x = int(torch.randint(0, w - 128, (1,), generator=gen))
-        imgs.append(torch.from_numpy(np.ascontiguousarray(p[y : y + 128, x : x + 128])).permute(2, 0, 1))
-    img = torch.stack(imgs).float() / 127.5 - 1
-    weight = torch.randn(C, 3, 8, 8, generator=gen) / 8
-    feats = F.adaptive_avg_pool2d(F.leaky_relu(F.conv2d(img, weight, stride=4, padding=2), 0.2), grid)
-    return feats.view(B, K, C, grid, grid).contiguous()
-
-
-# ---------------------------------------------------------------------------------------------------
-# train / generate
-
-class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
-    """Shows defaults, except None (set by --preset or computed) and off flags."""
-
-    def _get_help_string(self, action):
-        if action.default is None or action.default is False or action.default is argparse.SUPPRESS:
-            return action.help
-        return super()._get_help_string(action)
+from fsgan_fast import configs
+from fsgan_fast.configs import ConfigError, option
 
 
 class CLIError(Exception):
     """A user-facing problem: printed as one line, exit status 2."""
 
 
-def _channels(text: str) -> tuple[int, ...]:
-    try:
-        values = tuple(int(v) for v in text.split(","))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated integers such as 32,64,128, got {text!r}") from None
-    return values
+class _HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    pass
 
 
-def _positive(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
-    return value
+# ---------------------------------------------------------------------------------------------------
+# Generic options (every model): config dataclasses like the models' own
 
 
-def _non_negative(text: str) -> int:
-    value = int(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
-    return value
+@dataclasses.dataclass
+class GenerateOptions:
+    """``fsgan-fast generate MODEL``: what every model's generation takes."""
+
+    ckpt: str = option(help="checkpoint written by 'fsgan-fast train' (RUN/checkpoint.pt)")
+    out: str = option(help="output folder (created; must be writable)")
+    n: int = option(16, "number of images to generate", low=0)
+    batch_size: int = option(64, "images generated at once", low=1)
+    seed: int = option(0, "seed of the generation randomness")
+    device: str | None = option(None, "torch device (default: cuda if available, else cpu)")
+    backend: Literal["auto", "reference", "triton", "cuda", "cpu"] | None = option(
+        None, "implementation of the hot-path ops (default: auto)")
+
+    def __post_init__(self) -> None:
+        configs.validate(self)
 
 
-def _cmd_train_lofgan(args: argparse.Namespace) -> int:
-    import fsgan_fast
-    from fsgan_fast.losses import LoFGANLossWeights
-    from fsgan_fast.models.lofgan import LoFGANConfig
-    from fsgan_fast.train.lofgan import PRESETS, LoFGANTrainConfig, train_lofgan
+@dataclasses.dataclass
+class ExportOptions:
+    """``fsgan-fast export MODEL``: formats, precision, batch range and verification, for every model."""
 
-    preset_name = args.preset if args.preset != "auto" else ("demo" if args.data == "builtin" else "paper")
-    preset = dict(PRESETS[preset_name])
-    for key in preset:
-        if getattr(args, key) is not None:
-            preset[key] = getattr(args, key)
-    if args.backend is not None:
-        fsgan_fast.set_backend(args.backend)
-    try:  # invalid combinations (size vs channels, K, ema) are user errors, not crashes
-        model_cfg = LoFGANConfig(
-            size=preset["size"],
-            shots=args.shots,
-            gen_channels=preset["gen_channels"],
-            dis_channels=preset["dis_channels"],
-            dis_max_channels=preset["dis_max_channels"],
-            rate=args.rate,
-        )
-        weights = LoFGANLossWeights(local=args.w_local, gp=args.w_gp)
-        train_cfg = LoFGANTrainConfig(
-            iters=preset["iters"],
-            batch=preset["batch"],
-            lr=args.lr,
-            amp=args.amp,
-            ema=args.ema,
-            recon=args.recon,
-            flip=args.flip,
-            compile=args.compile,
-            weights=weights,
-        )
-    except ValueError as e:
-        raise CLIError(str(e)) from e
-    resume = None
-    if args.resume is not None:
-        resume = os.path.join(args.out, "checkpoint.pt") if args.resume == "last" else args.resume
-    ckpt = train_lofgan(
-        args.data,
-        args.out,
-        model_cfg,
-        train_cfg,
-        seen=args.seen,
-        split=args.split,
-        seed=args.seed,
-        device=args.device,
-        resume=resume,
-        log_every=args.log_every,
-        sample_every=preset["sample_every"],
-        ckpt_every=preset["ckpt_every"],
-        progress=not args.no_progress,
-    )
-    import torch.distributed as dist
+    ckpt: str = option(help="checkpoint written by 'fsgan-fast train' (RUN/checkpoint.pt)")
+    format: Literal["onnx", "tensorrt", "aoti"] = option(
+        help="onnx: standard-op ONNX file (checked against TensorRT's parser support list); tensorrt: a serialized "
+             "engine (writes OUT minus its suffix + .onnx too; needs tensorrt and a GPU); aoti: a torch.export + "
+             "AOTInductor package (.pt2) for the --device")
+    out: str = option(help="output file (.onnx, .engine/.plan/.trt, or .pt2); replaced only once the new export "
+                           "passes its parity check")
+    batch: str = option("1:8:64", "dynamic batch range MIN:OPT:MAX (OPT is what TensorRT tunes for); a single "
+                        "number fixes the batch", metavar="MIN:OPT:MAX")
+    precision: Literal["fp32", "fp16", "bf16"] = option(
+        "fp32", "export the generator in this precision (onnxruntime's CPU provider cannot run bf16: no parity run)")
+    lowering: Literal["reference", "native"] = option(
+        "reference", "aoti only: 'reference' compiles the ops from standard ops (loads with torch alone); 'native' "
+                     "calls fsgan_fast's C++/CUDA kernels (needs fsgan_fast.ops or libfsgan_fast_ops)")
+    opset: int = option(18, "ONNX opset (TensorRT parses up to 20)", low=18, high=20)
+    timing_cache: str | None = option(None, "tensorrt only: timing cache file, read if present and updated")
+    device: str | None = option(None, "aoti/tensorrt: device to compile and verify on (default: cuda if available, "
+                                "else cpu); onnx is traced and verified on the CPU")
+    verify: bool = option(True, "run the export against PyTorch on random inputs before keeping it (--no-verify: "
+                          "keep it unchecked)")
 
-    if dist.is_initialized():  # joined by train_lofgan under torchrun
-        dist.destroy_process_group()
-    if int(os.environ.get("RANK", 0)) == 0:
-        samples = os.path.join(args.out, "samples")
-        print(f"{preset_name} preset, {train_cfg.iters} steps: checkpoint {ckpt}, samples in {samples}")
-    return 0
+    def __post_init__(self) -> None:
+        configs.validate(self)
 
 
-def _cmd_generate_lofgan(args: argparse.Namespace) -> int:
+EXPORT_SUFFIXES = {"onnx": (".onnx",), "tensorrt": (".plan", ".engine", ".trt"), "aoti": (".pt2",)}
+FP32_PARITY = 1e-4  # max |export - eager| / max |eager| for fp32 exports
+LOW_PRECISION_FACTOR = 4  # fp16/bf16 exports: mean error at most this times eager's in the same precision
+
+
+# ---------------------------------------------------------------------------------------------------
+# Helpers
+
+
+def _registry():
+    from fsgan_fast.models import registry
+
+    return registry
+
+
+def _options(args: argparse.Namespace, *classes: type) -> dict[str, Any]:
+    """The values given on the command line for the fields of ``classes`` (unset ones left out)."""
+    dests = {cf.dest for cls in classes if cls is not None for cf in configs.cli_fields(cls)}
+    return {k: v for k, v in vars(args).items() if k in dests and v is not None}
+
+
+def _build(cls: type, values: dict[str, Any], what: str) -> Any:
+    required = [configs.flag_of(cf) for cf in configs.cli_fields(cls)
+                if cf.default is configs.MISSING and values.get(cf.dest) is None]
+    if required:
+        raise CLIError(f"{what}: {', '.join(required)} {'is' if len(required) == 1 else 'are'} required")
+    return configs.build(cls, values, where=what)
+
+
+def _set_backend(name: str | None) -> None:
+    if name is not None:
+        import fsgan_fast
+
+        fsgan_fast.set_backend(name)
+
+
+def _device(name: str | None):
     import torch
 
-    import fsgan_fast
-    from fsgan_fast.models.lofgan import similarity_figure
-    from fsgan_fast.train.lofgan import load_lofgan
-    from fsgan_fast.utils.images import read_image, save_grid, save_image
+    from fsgan_fast.train.base import resolve_device
 
-    if args.backend is not None:
-        fsgan_fast.set_backend(args.backend)
-    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    model = load_lofgan(args.ckpt, device)
-    if len(args.shots) < 2:
-        raise CLIError(f"--shots needs at least 2 images (a base and a reference), got {len(args.shots)}")
-    if args.no_ema and model.gen_ema is None:
-        raise CLIError("--no-ema given but the checkpoint has no EMA generator to skip")
-    size = model.cfg.size
+    resolve_device(name)
+    return torch.device(name or ("cuda" if torch.cuda.is_available() else "cpu"))
+
+
+def _writable_folder(path: Path, what: str) -> Path:
+    """Create ``path`` and prove it writable now, not after minutes of work."""
+    if path.exists() and not path.is_dir():
+        raise CLIError(f"{what} {str(path)!r} is a file, not a folder")
     try:
-        shots = torch.stack([read_image(p, size) for p in args.shots]).float().div_(127.5).sub_(1).to(device)
-    except ValueError as e:
-        raise CLIError(str(e)) from e
-    gen = torch.Generator(device).manual_seed(args.seed)
-    fakes = model.generate(shots, args.n, gen, batch_size=args.batch_size, use_ema=not args.no_ema)
-    out = args.out
-    os.makedirs(out, exist_ok=True)
-    width = len(str(max(args.n - 1, 0)))
-    for i, img in enumerate(fakes):
-        save_image(img, os.path.join(out, f"{i:0{width}d}.png"))
-    # the shots on the first row (padded with white), then the generations
-    ncol = max(len(shots), min(args.n, 8))
-    blank = torch.ones(ncol - len(shots), *shots.shape[1:], device=device)
-    grid_path = save_grid(torch.cat([shots, blank, fakes]), os.path.join(out, "grid.png"), ncol)
-    print(f"wrote {args.n} images and {grid_path}")
-    if args.similarity:
-        maps = model.similarity_maps(shots, gen, use_ema=not args.no_ema)
-        fig_path = save_image(similarity_figure(shots, maps), os.path.join(out, "similarity.png"), (0.0, 1.0))
-        print(f"wrote {fig_path}")
+        path.mkdir(parents=True, exist_ok=True)
+        probe = path / ".fsgan-fast-write-test"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as e:
+        raise CLIError(f"cannot write to {what} {str(path)!r}: {e.strerror or e}") from None
+    return path
+
+
+def _load_model(spec, ckpt: str, device):
+    from fsgan_fast.train.loop import load_checkpoint
+
+    state = load_checkpoint(ckpt, spec.name)
+    return _registry().model_from_state(state, source=repr(ckpt)).to(device).eval()
+
+
+def _preset_help(spec) -> dict[str, str]:
+    """``{dest: "presets: demo 64, paper 128"}`` for the help of options that presets set."""
+    presets = spec.get("presets") or {}
+    out: dict[str, list[str]] = {}
+    for name, values in presets.items():
+        for dest, value in values.items():
+            shown = ",".join(map(str, value)) if isinstance(value, (tuple, list)) else value
+            out.setdefault(dest, []).append(f"{name} {shown}")
+    return {dest: "presets: " + ", ".join(v) for dest, v in out.items()}
+
+
+def _add_group(parser: argparse.ArgumentParser, title: str, cls: type | None, notes: dict[str, str] | None = None):
+    if cls is None:
+        return
+    group = parser.add_argument_group(title)
+    fields = configs.add_options(group, cls)
+    if notes:  # append preset values to the help of the options they set
+        for action in group._group_actions:
+            if action.dest in notes:
+                action.help = f"{action.help} ({notes[action.dest]})"
+    return fields
+
+
+# ---------------------------------------------------------------------------------------------------
+# info
+
+
+def _cmd_info(args: argparse.Namespace) -> int:
+    import fsgan_fast
+
+    data = fsgan_fast.info()
+    data["models"] = list(_registry().available())
+    if args.json:
+        print(json.dumps(data, indent=2, default=str))
+    else:
+        print(fsgan_fast.format_info(data))
+        print(f"models: {', '.join(data['models'])}")
     return 0
 
 
-def _add_train_lofgan(sub) -> None:
-    p = sub.add_parser(
-        "lofgan",
-        help="train LoFGAN (k-shot generation by local fusion)",
-        description=(
-            "Train LoFGAN on few-shot image classes. Writes RUN/checkpoint.pt (latest; exact resume), "
-            "RUN/metrics.jsonl, RUN/samples/step_*.png (rows: K shots, then generations; seen classes first, "
-            "then unseen), RUN/split.json (seen/unseen classes) and RUN/config.json. Options left unset come "
-            "from --preset. Multi-GPU: torchrun --nproc_per_node N -m fsgan_fast.cli train lofgan ..."
-        ),
-        formatter_class=_HelpFormatter,
-    )
-    p.add_argument("--data", required=True,
-                   help="'builtin' (16 photo classes from scikit-image, no download), a folder with one sub-folder "
-                        "of images per class, or an official LoFGAN .npy [classes, images, H, W, 3]")
-    p.add_argument("--out", required=True, help="run directory")
-    p.add_argument("--preset", choices=("auto", "demo", "paper"), default="auto",
-                   help="defaults for size, channels, batch, iters and sample/checkpoint intervals: 'demo' = 64 px, "
-                        "G 32,64,64,64, D 16..128, batch 8, 300 iters (minutes on a CPU); 'paper' = the official "
-                        "128 px model, batch 8, 100000 iters; 'auto' = demo for --data builtin, else paper")
-    p.add_argument("--size", type=_positive,
-                   help="image side in pixels (multiple of 2^(len(gen-channels)-1)) (default: from --preset)")
-    p.add_argument("--shots", type=_positive, default=3, help="K, images per episode (>= 2)")
-    p.add_argument("--batch", type=_positive,
-                   help="episodes per step (per process under torchrun) (default: from --preset)")
-    p.add_argument("--iters", type=_positive,
-                   help="training steps (one D step + one G step each) (default: from --preset)")
-    p.add_argument("--lr", type=float, default=1e-4,
-                   help="Adam learning rate of G and D; constant for half the run, then linear decay to 0")
-    p.add_argument("--gen-channels", type=_channels,
-                   help="G encoder widths, comma-separated (decoder mirrors) (default: from --preset)")
-    p.add_argument("--dis-channels", type=_positive, help="D stem width (doubled per stage) (default: from --preset)")
-    p.add_argument("--dis-max-channels", type=_positive, help="D width cap (default: from --preset)")
-    p.add_argument("--rate", type=float, default=0.5, help="eta, the fraction of base feature positions fused")
-    p.add_argument("--w-local", type=float, default=0.5, help="weight of G's local reconstruction loss")
-    p.add_argument("--w-gp", type=float, default=10.0, help="weight of D's R1 penalty on the true-class logit")
-    p.add_argument("--recon", choices=("nearest", "area"), default="nearest",
-                   help="downsampling in the local reconstruction loss: nearest (official) or area (cell means)")
-    p.add_argument("--amp", choices=("none", "bf16", "fp16"), default="none",
-                   help="mixed precision: bf16 autocast (recommended on GPUs), or fp16 autocast with loss "
-                        "scaling (D's pass over the real images, which the R1 penalty differentiates twice, "
-                        "stays fp32)")
-    p.add_argument("--ema", type=float, nargs="?", const=0.999, default=0.0, metavar="DECAY",
-                   help="keep an EMA of G for samples and generation (--ema alone: decay 0.999; 0 = off)")
-    p.add_argument("--flip", action="store_true", help="random horizontal flips of the shots (off officially)")
-    p.add_argument("--seen", type=_positive,
-                   help="number of seen (training) classes; the rest are held out (default: 80%%)")
-    p.add_argument("--split", choices=("random", "first"), default="random",
-                   help="seen classes: a seeded random choice, or the first --seen ones (official .npy files: "
-                        "flower 85, animal 119, vggface 1802)")
-    p.add_argument("--sample-every", type=_non_negative,
-                   help="steps between sample grids (0 = only at the end) (default: from --preset)")
-    p.add_argument("--ckpt-every", type=_non_negative,
-                   help="steps between checkpoints (0 = only at the end) (default: from --preset)")
-    p.add_argument("--log-every", type=_positive, default=10, help="steps between metrics lines / progress updates")
-    p.add_argument("--resume", nargs="?", const="last", metavar="CKPT",
-                   help="continue from a checkpoint (--resume alone: OUT/checkpoint.pt); the model config and "
-                        "class split come from the run, other options from this command line")
-    p.add_argument("--device",
-                   help="torch device (default: cuda if available, else cpu; cuda:LOCAL_RANK under torchrun)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the weights, the split, the dataset and the episodes")
-    p.add_argument("--compile", action="store_true", help="torch.compile G and D (D's penalty pass stays eager)")
-    p.add_argument("--backend", choices=("auto", "reference", "triton", "cuda", "cpu"),
-                   help="implementation of the local fusion op (default: auto, see 'fsgan-fast info')")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    p.set_defaults(func=_cmd_train_lofgan)
+# ---------------------------------------------------------------------------------------------------
+# train
+
+_CONFIG_SECTIONS = {"model_config": "model_config", "train_config": "train_config", "run": "run",
+                    # config.json of runs written before the registry
+                    "train": "train_config"}
+_CONFIG_METADATA = ("world_size",)
 
 
-def _add_generate_lofgan(sub) -> None:
-    p = sub.add_parser(
-        "lofgan",
-        help="generate images of a new class from K >= 2 of its images",
-        description="Writes OUT/<i>.png for every generation and OUT/grid.png (shots on the first row).",
-        formatter_class=_HelpFormatter,
-    )
-    p.add_argument("--ckpt", required=True, help="checkpoint written by 'fsgan-fast train lofgan' (RUN/checkpoint.pt)")
-    p.add_argument("--shots", nargs="+", required=True, metavar="IMAGE",
-                   help="K >= 2 images of one class (centre-cropped and resized to the model size)")
-    p.add_argument("--n", type=_non_negative, default=16, help="number of images to generate")
-    p.add_argument("--out", required=True, help="output folder")
-    p.add_argument("--similarity", action="store_true",
-                   help="also write OUT/similarity.png: the fusion's cosine-similarity maps (paper section 4.5)")
-    p.add_argument("--no-ema", action="store_true", help="use the trained G rather than its EMA copy")
-    p.add_argument("--batch-size", type=_positive, default=64, help="images decoded at once")
-    p.add_argument("--seed", type=int, default=0, help="seed of the fusion randomness")
-    p.add_argument("--device", help="torch device (default: cuda if available, else cpu)")
-    p.add_argument("--backend", choices=("auto", "reference", "triton", "cuda", "cpu"),
-                   help="implementation of the local fusion op (default: auto)")
-    p.set_defaults(func=_cmd_generate_lofgan)
+def _config_file_values(spec, path: str) -> tuple[dict[str, Any], str | None]:
+    """Flat option values of a ``--config`` file (YAML, or a run's config.json) and the preset it names."""
+    from fsgan_fast.train.base import RunOptions
+
+    data = configs.read_file(path)
+    classes = {"model_config": spec.get("model_config"), "train_config": spec.get("train_config"), "run": RunOptions}
+    model = data.pop("model", None)
+    if isinstance(model, dict):  # old config.json: "model" held the model config
+        data["model_config"] = model
+    elif model is not None and model != spec.name:
+        raise CLIError(f"--config {path!r} is a {model!r} config, not a {spec.name!r} one")
+    preset = data.pop("preset", None)
+    for key in _CONFIG_METADATA:
+        data.pop(key, None)
+    values: dict[str, Any] = {}
+    for section, which in _CONFIG_SECTIONS.items():
+        if section in data:
+            cls = classes[which]
+            hidden = {f.name for f in dataclasses.fields(cls) if not f.metadata.get("cli", True)}
+            body = {k: v for k, v in dict(data.pop(section)).items() if k not in hidden}  # e.g. n_classes: from data
+            values.update(configs.flatten(cls, body, where=f"--config {path} ({section})"))
+    flat_dests = {cf.dest for cls in classes.values() for cf in configs.cli_fields(cls)}
+    unknown = sorted(set(data) - flat_dests)
+    if unknown:
+        raise CLIError(f"--config {path!r}: unknown option(s) {unknown} for {spec.name}")
+    values.update(data)
+    return values, preset
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    from fsgan_fast.train.base import RunOptions
+    from fsgan_fast.train.loop import load_checkpoint
+
+    registry = _registry()
+    spec = registry.get(args.model)
+    model_cls, train_cls = spec.get("model_config"), spec.get("train_config")
+    file_values, file_preset = _config_file_values(spec, args.config) if args.config else ({}, None)
+    given = {**file_values, **_options(args, model_cls, train_cls, RunOptions)}
+    run_values = {k: given[k] for k in _options(argparse.Namespace(**given), RunOptions)}
+    if given.get("resume") is not None and "data" not in run_values and "out" in run_values:
+        run_values["data"] = _data_of_run(Path(run_values["out"]))  # a resumed run reads the same data by default
+    run = _build(RunOptions, run_values, f"train {spec.name}")
+    presets = spec.get("presets") or {}
+    preset = args.preset or file_preset or "auto"
+    if preset == "auto":
+        preset = registry.default_preset(spec, run.data)
+    elif preset not in presets:
+        raise CLIError(f"--preset {preset!r}: {spec.name} has presets {', '.join(presets) or 'none'}")
+    explicit = {k: v for k, v in given.items() if k not in run_values}
+
+    if run.resume is not None:
+        # a resumed run starts from the checkpoint's settings; given options must agree (checked by the trainer)
+        path = run.resume_path
+        state = load_checkpoint(path, spec.name)
+        base_model = configs.flatten(model_cls, {k: v for k, v in state["trainer"]["config"].items()
+                                                 if k in {cf.path[0] for cf in configs.cli_fields(model_cls)}},
+                                     where="checkpoint")
+        base_train = configs.flatten(train_cls, _known(train_cls, state["trainer"]["train"]), where="checkpoint")
+        model_cfg = _build(model_cls, {**base_model, **explicit}, f"train {spec.name}")
+        hidden = {k: v for k, v in state["trainer"]["config"].items() if k not in base_model}
+        model_cfg = dataclasses.replace(model_cfg, **{k: v for k, v in hidden.items()
+                                                      if k in {f.name for f in dataclasses.fields(model_cls)}})
+        train_cfg = _build(train_cls, {**base_train, **explicit}, f"train {spec.name}")
+    else:
+        defaults = dict(presets.get(preset, {})) if preset else {}
+        model_cfg = _build(model_cls, {**defaults, **explicit}, f"train {spec.name}")
+        train_cfg = _build(train_cls, {**defaults, **explicit}, f"train {spec.name}")
+    _set_backend(run.backend)
+    ckpt = spec.get("train")(run, model_cfg, train_cfg)
+    import torch.distributed as dist
+
+    if dist.is_initialized():  # joined by the trainer under torchrun
+        dist.destroy_process_group()
+    if int(os.environ.get("RANK", 0)) == 0:
+        what = f"{preset} preset, " if preset and run.resume is None else ""
+        print(f"{what}{train_cfg.iters} steps: checkpoint {ckpt}, samples in {Path(run.out) / 'samples'}")
+    return 0
+
+
+def _known(cls: type, values: dict[str, Any]) -> dict[str, Any]:
+    """The entries of a stored config that are still options of ``cls`` (older checkpoints may hold others)."""
+    top = {cf.path[0] for cf in configs.cli_fields(cls)}
+    return {k: v for k, v in values.items() if k in top}
+
+
+def _data_of_run(out: Path) -> str | None:
+    try:
+        return json.loads((out / "config.json").read_text()).get("data")
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
+# ---------------------------------------------------------------------------------------------------
+# generate
+
+
+def _cmd_generate(args: argparse.Namespace) -> int:
+    import torch
+
+    spec = _registry().get(args.model)
+    opts = _build(GenerateOptions, _options(args, GenerateOptions), f"generate {spec.name}")
+    model_opts_cls = spec.get("generate_options")
+    model_opts = _build(model_opts_cls, _options(args, model_opts_cls), f"generate {spec.name}")
+    _set_backend(opts.backend)
+    device = _device(opts.device)
+    out = _writable_folder(Path(opts.out), "--out")
+    model = _load_model(spec, opts.ckpt, device)
+    generator = torch.Generator(device).manual_seed(opts.seed)
+    try:
+        written = spec.get("generate")(model, model_opts, n=opts.n, out=out, generator=generator,
+                                       batch_size=opts.batch_size)
+    except OSError as e:
+        raise CLIError(f"cannot write the outputs: {e}") from None
+    images = [p for p in written if Path(p).parent == out]
+    print(f"wrote {opts.n} images and {', '.join(str(p) for p in images[opts.n:]) or 'nothing else'}")
+    return 0
 
 
 # ---------------------------------------------------------------------------------------------------
 # export
 
-FP32_PARITY = 1e-4  # max |export - eager| / max |eager| for fp32 exports
-LOW_PRECISION_FACTOR = 4  # fp16/bf16 exports: mean error at most this times eager's in the same precision
 
-
-def _batch_range(text: str) -> tuple[int, int, int]:
-    from fsgan_fast.export.graphs import parse_batch_range
-
-    try:
-        return parse_batch_range(text)
-    except ValueError as e:
-        raise argparse.ArgumentTypeError(str(e)) from None
-
-
-EXPORT_SUFFIXES = {"onnx": (".onnx",), "tensorrt": (".plan", ".engine", ".trt"), "aoti": (".pt2",)}
-
-
-def _export_device(args: argparse.Namespace) -> "torch.device":
+def _export_device(opts: ExportOptions):
     import torch
 
-    if args.format == "onnx":
+    if opts.format == "onnx":
         return torch.device("cpu")  # traced and checked with onnxruntime on the CPU
-    default = "cuda" if args.format == "tensorrt" or torch.cuda.is_available() else "cpu"
-    try:
-        device = torch.device(args.device or default)
-    except RuntimeError as e:
-        raise CLIError(f"--device: {e}") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise CLIError(f"--device {device} asked for, but torch sees no CUDA device")
-    if device.type not in ("cpu", "cuda"):
-        raise CLIError(f"--device must be cpu or cuda[:N], got {device}")
-    return device
+    if opts.device is None and opts.format == "tensorrt":
+        return _device("cuda")
+    return _device(opts.device)
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
+    import tempfile
+
     import torch
 
     from fsgan_fast import export
-    from fsgan_fast.train.lofgan import load_lofgan
 
-    precision = "fp16" if args.fp16 else "bf16" if args.bf16 else "fp32"
-    if args.format != "aoti" and args.lowering != "reference":
-        raise CLIError(f"--lowering {args.lowering} applies to --format aoti only (ONNX graphs hold standard ops)")
-    if not args.out.endswith(EXPORT_SUFFIXES[args.format]):
-        raise CLIError(f"--out for --format {args.format} must end in {' or '.join(EXPORT_SUFFIXES[args.format])}, "
-                       f"got {args.out!r}")
-    device = _export_device(args)
-    if args.format == "tensorrt":
+    spec = _registry().get(args.model)
+    if spec.graph is None:
+        raise CLIError(f"{spec.name} has no export graph")
+    opts = _build(ExportOptions, _options(args, ExportOptions), f"export {spec.name}")
+    graph_opts_cls = spec.get("export_options")
+    graph_opts = _build(graph_opts_cls, _options(args, graph_opts_cls), f"export {spec.name}") if graph_opts_cls else None
+    try:
+        batch = export.parse_batch_range(opts.batch)
+    except ValueError as e:
+        raise CLIError(f"--batch: {e}") from None
+    if opts.format != "aoti" and opts.lowering != "reference":
+        raise CLIError(f"--lowering {opts.lowering} applies to --format aoti only (ONNX graphs hold standard ops)")
+    if not opts.out.endswith(EXPORT_SUFFIXES[opts.format]):
+        raise CLIError(f"--out for --format {opts.format} must end in {' or '.join(EXPORT_SUFFIXES[opts.format])}, "
+                       f"got {opts.out!r}")
+    out = Path(opts.out)
+    if out.is_dir():
+        raise CLIError(f"--out {opts.out!r} is a folder; give a file name")
+    _writable_folder(out.parent if str(out.parent) else Path("."), "the folder of --out")
+    device = _export_device(opts)
+    if opts.format == "tensorrt":
         from fsgan_fast.export.tensorrt import tensorrt_unavailable
 
         reason = tensorrt_unavailable(device)
         if reason is not None:
             raise CLIError(f"cannot build a TensorRT engine here: {reason}")
-    if args.format in ("onnx", "tensorrt"):
+    if opts.format in ("onnx", "tensorrt"):
         from fsgan_fast.export.onnx import onnx_unavailable
 
         reason = onnx_unavailable()
         if reason is not None:
             raise CLIError(reason)
-    model = load_lofgan(args.ckpt, device)
-    if args.no_ema and model.gen_ema is None:
+    model = _load_model(spec, opts.ckpt, device)
+    graph_kwargs = dataclasses.asdict(graph_opts) if graph_opts is not None else {}
+    if graph_kwargs.get("use_ema") is False and getattr(model, "gen_ema", True) is None:
         raise CLIError("--no-ema given but the checkpoint has no EMA generator to skip")
+    base_graph = export.generator_graph(model, **graph_kwargs)
+    dtype = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[opts.precision]
 
-    def graph_of(dtype: torch.dtype) -> export.GeneratorGraph:
+    def graph_of(dt: torch.dtype) -> export.GeneratorGraph:
         # a copy in the dtype: the graph itself carries the precision (TensorRT 11 is strongly typed)
-        return export.generator_graph(model, single_episode=args.single_episode, use_ema=not args.no_ema).to(dtype)
+        return base_graph.to(dt)
 
-    dtype = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[precision]
-    out, start = args.out, time.perf_counter()
+    start = time.perf_counter()
+    # written into a scratch folder beside OUT and moved over it only once verified: a failed export never
+    # replaces a good file
+    scratch = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent if str(out.parent) else "."))
     try:
-        if args.format == "onnx":
-            path = export.export_onnx(graph_of(dtype), out, batch=args.batch, opset=args.opset)
-            make_runner = lambda: export.ORTGenerator(path)  # noqa: E731
-        elif args.format == "tensorrt":
-            from fsgan_fast.export.tensorrt import TRTGenerator, build_engine
+        target = scratch / out.name
+        try:
+            if opts.format == "onnx":
+                path = export.export_onnx(graph_of(dtype), target, batch=batch, opset=opts.opset)
+                make_runner = lambda p: export.ORTGenerator(p)  # noqa: E731
+            elif opts.format == "tensorrt":
+                from fsgan_fast.export.tensorrt import TRTGenerator, build_engine
 
-            onnx_path = os.path.splitext(out)[0] + ".onnx"
-            export.export_onnx(graph_of(dtype).to(device="cpu"), onnx_path, batch=args.batch, opset=args.opset)
-            # IEEE fp32 for fp32 engines: TF32 would fail the 1e-4 parity check on Ampere and newer
-            path = build_engine(onnx_path, out, precision=precision, batch=args.batch, timing_cache=args.timing_cache,
-                                strict_fp32=precision == "fp32")
-            make_runner = lambda: TRTGenerator(path, device)  # noqa: E731
-        else:
-            path = export.package_aoti(graph_of(dtype), out, batch=args.batch, lowering=args.lowering)
-            make_runner = lambda: export.AOTIGenerator(path, device)  # noqa: E731
-    except (ValueError, RuntimeError, FileNotFoundError, ImportError) as e:
-        raise CLIError(f"export failed: {e}") from e
-    print(f"wrote {path} ({args.format}, {precision}, batch {':'.join(map(str, args.batch))}) "
-          f"in {time.perf_counter() - start:.1f} s")
-    if not args.no_verify:
-        _verify_export(args, make_runner, graph_of, dtype, precision)
+                onnx_path = target.with_suffix(".onnx")
+                export.export_onnx(graph_of(dtype).to(device="cpu"), onnx_path, batch=batch, opset=opts.opset)
+                # IEEE fp32 for fp32 engines: TF32 would fail the 1e-4 parity check on Ampere and newer
+                path = build_engine(onnx_path, target, precision=opts.precision, batch=batch,
+                                    timing_cache=opts.timing_cache, strict_fp32=opts.precision == "fp32")
+                make_runner = lambda p: TRTGenerator(p, device)  # noqa: E731
+            else:
+                path = export.package_aoti(graph_of(dtype), target, batch=batch, lowering=opts.lowering)
+                make_runner = lambda p: export.AOTIGenerator(p, device)  # noqa: E731
+        except (ValueError, RuntimeError, FileNotFoundError, ImportError) as e:
+            raise CLIError(f"export failed: {str(e).splitlines()[0] if str(e) else type(e).__name__}") from e
+        print(f"exported {spec.name} ({opts.format}, {opts.precision}, batch {':'.join(map(str, batch))}) "
+              f"in {time.perf_counter() - start:.1f} s")
+        if opts.verify:
+            _verify_export(opts, lambda: make_runner(path), graph_of, dtype, batch)
+        for produced in sorted(scratch.iterdir()):  # the artifact and its companions (TensorRT's .onnx, sidecar)
+            os.replace(produced, out.parent / produced.name)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    print(f"wrote {out}")
     return 0
 
 
-def _verify_export(args, make_runner, graph_of, dtype, precision: str) -> None:
+def _verify_export(opts: ExportOptions, make_runner, graph_of, dtype, batch) -> None:
     """Run the export against fp32 PyTorch on random inputs; CLIError when it does not match."""
     import torch
 
-    lo, opt, hi = args.batch
+    lo, opt, hi = batch
     sizes = tuple(sorted({lo, opt, hi} if hi <= 64 else {lo, opt}))
     reference = graph_of(torch.float32)
     try:
         errs = reference.compare(make_runner(), sizes)
     except Exception as e:  # e.g. onnxruntime's CPU provider has no bf16 convolution
-        if precision == "fp32":
-            raise CLIError(f"the export was written but does not run: {e}") from e
-        print(f"parity run skipped: the {precision} export cannot run here ({str(e).splitlines()[0][:200]})")
+        if opts.precision == "fp32":
+            raise CLIError(f"the export does not run: {str(e).splitlines()[0][:300] if str(e) else e!r}") from e
+        print(f"parity run skipped: the {opts.precision} export cannot run here ({str(e).splitlines()[0][:200]})")
         return
     print(f"vs fp32 PyTorch at batch {list(sizes)}: max |err| {errs['max_abs_err']:.2e} "
           f"(relative {errs['max_rel_err']:.2e}), mean |err| {errs['mean_abs_err']:.2e}")
-    if precision == "fp32":
+    if opts.precision == "fp32":
         ok = errs["max_rel_err"] <= FP32_PARITY
         print(f"  {'ok' if ok else 'FAILED'}: tolerance {FP32_PARITY:.0e} relative")
     else:
-        # Reduced precision flips near-tied matches of the fusion, each flip moving a whole feature cell,
-        # so the max error is large by nature and the mean varies with the number of flips. The bar is
-        # the eager model in the same precision; the factor catches broken exports, not rounding.
+        # Reduced precision flips near-tied decisions (LoFGAN's matches move whole feature cells), so the max
+        # error is large by nature. The bar is the eager model in the same precision; the factor catches
+        # broken exports, not rounding.
         eager = graph_of(dtype).to(device=next(reference.module.parameters()).device)
         base = reference.compare(eager.run, sizes)
         ok = errs["mean_abs_err"] <= LOW_PRECISION_FACTOR * base["mean_abs_err"] + 1e-3
-        print(f"  {'ok' if ok else 'FAILED'}: eager PyTorch in {precision} has mean |err| {base['mean_abs_err']:.2e}; "
-              f"the export may have at most {LOW_PRECISION_FACTOR}x that (+1e-3)")
+        print(f"  {'ok' if ok else 'FAILED'}: eager PyTorch in {opts.precision} has mean |err| "
+              f"{base['mean_abs_err']:.2e}; the export may have at most {LOW_PRECISION_FACTOR}x that (+1e-3)")
     if not ok:
-        raise CLIError(f"the exported {args.format} generator does not match PyTorch")
+        raise CLIError(f"the exported {opts.format} generator does not match PyTorch: {opts.out} was left as it was")
 
 
-def _add_export(sub) -> None:
-    p = sub.add_parser(
-        "lofgan",
-        help="export a trained LoFGAN generator",
-        description=(
-            "Export the generator of a checkpoint. Graph inputs: shots [B,K,3,S,S] (or [K,3,S,S] with "
-            "--single-episode), base [B] int64, positions [B,n] int64, alpha [B,K]; output images [B,3,S,S]. "
-            "The file's metadata says how to draw base/positions/alpha. After writing, the export is run "
-            "against PyTorch on random inputs and the error printed (skip with --no-verify)."
-        ),
-        formatter_class=_HelpFormatter,
-    )
-    p.add_argument("--ckpt", required=True, help="checkpoint written by 'fsgan-fast train lofgan' (RUN/checkpoint.pt)")
-    p.add_argument("--format", required=True, choices=("onnx", "tensorrt", "aoti"),
-                   help="onnx: standard-op ONNX file (checked against TensorRT's parser support list); "
-                        "tensorrt: a serialized engine (writes OUT minus its suffix + .onnx too; needs tensorrt and "
-                        "a GPU); aoti: a torch.export + AOTInductor package (.pt2) for the --device")
-    p.add_argument("--out", required=True, help="output file (.onnx, .engine/.plan, or .pt2)")
-    p.add_argument("--batch", type=_batch_range, default=(1, 8, 64), metavar="MIN:OPT:MAX",
-                   help="dynamic batch range; OPT is what TensorRT tunes for; a single number fixes the batch")
-    precision = p.add_mutually_exclusive_group()
-    precision.add_argument("--fp16", action="store_true",
-                           help="export the generator in fp16 (ONNX graph, TensorRT engine or AOTInductor package)")
-    precision.add_argument("--bf16", action="store_true",
-                           help="export in bf16 (onnxruntime's CPU provider cannot run bf16 graphs: no parity run)")
-    p.add_argument("--single-episode", action="store_true",
-                   help="shots [K,3,S,S] encoded once and shared by the batch (generation at scale from one episode)")
-    p.add_argument("--no-ema", action="store_true", help="export the trained G rather than its EMA copy")
-    p.add_argument("--lowering", choices=("reference", "native"), default="reference",
-                   help="aoti only: 'reference' compiles the fusion from standard ops (loads with torch alone); "
-                        "'native' calls fsgan_fast's C++/CUDA kernel (needs fsgan_fast.ops or libfsgan_fast_ops)")
-    p.add_argument("--opset", type=int, default=18, choices=(18, 19, 20), help="ONNX opset (TensorRT parses up to 20)")
-    p.add_argument("--timing-cache", help="tensorrt only: timing cache file, read if present and updated")
-    p.add_argument("--device", help="aoti/tensorrt: device to compile and verify on (default: cuda if available, "
-                                    "else cpu); onnx is traced and verified on the CPU")
-    p.add_argument("--no-verify", action="store_true", help="skip the parity run against PyTorch")
-    p.set_defaults(func=_cmd_export)
+# ---------------------------------------------------------------------------------------------------
+# eval
+
+
+@dataclasses.dataclass
+class EvalOptions:
+    """``fsgan-fast eval MODEL``: what every model's evaluation takes."""
+
+    ckpt: str = option(help="checkpoint written by 'fsgan-fast train' (RUN/checkpoint.pt)")
+    out: str | None = option(None, "write the figures as JSON to this file")
+    device: str | None = option(None, "torch device (default: cuda if available, else cpu)")
+    seed: int = option(0, "seed of the evaluation's random draws")
+
+    def __post_init__(self) -> None:
+        configs.validate(self)
+
+
+def _cmd_eval(args: argparse.Namespace) -> int:
+    spec = _registry().get(args.model)
+    if spec.evaluate is None:
+        raise CLIError(f"{spec.name} has no evaluation protocol registered yet")
+    opts = _build(EvalOptions, _options(args, EvalOptions), f"eval {spec.name}")
+    model_opts_cls = spec.get("eval_options")
+    model_opts = _build(model_opts_cls, _options(args, model_opts_cls), f"eval {spec.name}") if model_opts_cls else None
+    device = _device(opts.device)
+    model = _load_model(spec, opts.ckpt, device)
+    results = spec.get("evaluate")(model, model_opts, device=device, seed=opts.seed)
+    width = max((len(k) for k in results), default=0)
+    for key, value in results.items():
+        print(f"{key:<{width}}  {value:.4g}" if isinstance(value, float) else f"{key:<{width}}  {value}")
+    if opts.out:
+        Path(opts.out).write_text(json.dumps(results, indent=1))
+        print(f"wrote {opts.out}")
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------------
+# bench
+
+BENCH_SUITES = ("ops", "models", "export")
+
+
+def _cmd_bench(args: argparse.Namespace) -> int:
+    root = Path(__file__).resolve().parents[1]
+    benches = root / "benches"
+    if not (benches / "conftest.py").is_file():
+        raise CLIError(f"the benchmarks ship with the source checkout (benches/ beside fsgan_fast/), not found at "
+                       f"{benches}")
+    suites = args.suites or list(BENCH_SUITES)
+    unknown = sorted(set(suites) - set(BENCH_SUITES))
+    if unknown:
+        raise CLIError(f"unknown benchmark suite(s) {unknown}; choose from {', '.join(BENCH_SUITES)}")
+    out = Path(args.json) if args.json else Path(f"bench-{time.strftime('%Y%m%d-%H%M%S')}.json")
+    cmd = [sys.executable, "-m", "pytest", *[str(benches / s) for s in suites], "-q", "-p", "no:cacheprovider",
+           "--benchmark-enable", f"--benchmark-json={out}", "--benchmark-columns=median,iqr,rounds",
+           "-m", "not slow" if not args.slow else "slow or not slow"]
+    if args.k:
+        cmd += ["-k", args.k]
+    print("running:", " ".join(cmd))
+    status = subprocess.call(cmd, cwd=root)
+    if out.is_file() and out.stat().st_size:
+        subprocess.call([sys.executable, str(benches / "report.py"), str(out)], cwd=root)
+        print(f"results: {out}")
+    return status
+
+
+# ---------------------------------------------------------------------------------------------------
+# Parser
+
+
+def _add_model_commands(sub, spec) -> None:
+    from fsgan_fast.train.base import RunOptions
+
+    notes = _preset_help(spec)
+    p = sub["train"].add_parser(spec.name, help=spec.summary, description=spec.description or spec.summary,
+                                formatter_class=_HelpFormatter)
+    presets = spec.get("presets") or {}
+    p.add_argument("--config", metavar="FILE", help="options from a YAML file or a run's config.json (the command "
+                                                    "line wins over it)")
+    if presets:
+        p.add_argument("--preset", choices=("auto", *presets),
+                       help="defaults for the options marked 'presets' below (default: auto, chosen from --data)"
+                            + (f": {spec.preset_help}" if spec.preset_help else ""))
+    else:
+        p.set_defaults(preset=None)
+    _add_group(p, "run", RunOptions)
+    _add_group(p, "model", spec.get("model_config"), notes)
+    _add_group(p, "training", spec.get("train_config"), notes)
+    p.set_defaults(func=_cmd_train, model=spec.name)
+
+    if spec.generate is not None:
+        p = sub["generate"].add_parser(spec.name, help=f"generate with a trained {spec.name}",
+                                       formatter_class=_HelpFormatter,
+                                       description=f"Generate images from a {spec.name} checkpoint into --out.")
+        _add_group(p, "generation", GenerateOptions)
+        _add_group(p, spec.name, spec.get("generate_options"))
+        p.set_defaults(func=_cmd_generate, model=spec.name)
+
+    if spec.graph is not None:
+        p = sub["export"].add_parser(
+            spec.name, help=f"export a trained {spec.name} generator", formatter_class=_HelpFormatter,
+            description=("Export the generator of a checkpoint; its randomness becomes graph inputs, and the file's "
+                         "metadata says how to draw them. After writing, the export is run against PyTorch on random "
+                         "inputs (skip with --no-verify); OUT is replaced only when it passes."))
+        _add_group(p, "export", ExportOptions)
+        _add_group(p, spec.name, spec.get("export_options"))
+        p.set_defaults(func=_cmd_export, model=spec.name)
+
+    p = sub["eval"].add_parser(spec.name, help=f"evaluate a trained {spec.name}", formatter_class=_HelpFormatter,
+                               description=f"The evaluation protocol of {spec.name}'s paper.")
+    _add_group(p, "evaluation", EvalOptions)
+    _add_group(p, spec.name, spec.get("eval_options"))
+    p.set_defaults(func=_cmd_eval, model=spec.name)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="fsgan-fast", description=__doc__)
+    registry = _registry()
+    parser = argparse.ArgumentParser(prog="fsgan-fast", description=__doc__, formatter_class=_HelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("info", help="versions, devices, built backends, and which backend each op uses")
+    p = sub.add_parser("info", help="versions, devices, built backends, which backend each op uses, and the models")
     p.add_argument("--json", action="store_true", help="print machine-readable JSON")
     p.set_defaults(func=_cmd_info)
 
-    p = sub.add_parser("demo", help="run LoFGAN's local fusion on photo features with every available backend")
-    p.add_argument("--device", default="cpu", help="torch device (default: cpu)")
-    p.add_argument("--batch", type=int, default=4, help="batch size B")
-    p.add_argument("--shots", type=int, default=3, help="shots per episode K (>= 2)")
-    p.add_argument("--channels", type=int, default=128, help="feature channels C")
-    p.add_argument("--grid", type=int, default=8, help="feature grid size H = W")
-    p.add_argument("--rate", type=float, default=0.5, help="selection rate eta in (0, 1]")
-    p.add_argument("--repeat", type=int, default=10, help="timed calls per backend")
-    p.add_argument("--seed", type=int, default=0, help="random seed")
-    p.set_defaults(func=_cmd_demo)
+    model_subs = {}
+    for command, text in (("train", "train a model"), ("generate", "generate images from a trained checkpoint"),
+                          ("export", "export a generator to ONNX, TensorRT or AOTInductor"),
+                          ("eval", "evaluate a checkpoint with its paper's protocol")):
+        p = sub.add_parser(command, help=text, description=f"{text[0].upper()}{text[1:]}; see "
+                                                           f"'fsgan-fast {command} MODEL --help'.")
+        model_subs[command] = p.add_subparsers(dest="model", required=True, metavar="MODEL")
+    for name in registry.available():
+        _add_model_commands(model_subs, registry.get(name))
 
-    p = sub.add_parser("train", help="train a model", description="Train a model; see 'fsgan-fast train MODEL --help'.")
-    _add_train_lofgan(p.add_subparsers(dest="model", required=True, metavar="MODEL"))
-
-    p = sub.add_parser("generate", help="generate images from a trained checkpoint",
-                       description="Generate from a checkpoint; see 'fsgan-fast generate MODEL --help'.")
-    _add_generate_lofgan(p.add_subparsers(dest="model", required=True, metavar="MODEL"))
-
-    p = sub.add_parser("export", help="export a generator to ONNX, TensorRT or AOTInductor",
-                       description="Export a trained generator; see 'fsgan-fast export MODEL --help'.")
-    _add_export(p.add_subparsers(dest="model", required=True, metavar="MODEL"))
+    p = sub.add_parser("bench", help="run the benchmark suites and print the speed-up tables",
+                       description="Runs pytest-benchmark over benches/<suite> with the right flags, writes the JSON "
+                                   "and prints benches/report.py's tables. On a GPU use benches/gpu.sh, which also "
+                                   "builds and names the result files.")
+    p.add_argument("suites", nargs="*", metavar="SUITE",
+                   help=f"which suites ({', '.join(BENCH_SUITES)}; default: all)")
+    p.add_argument("-k", help="pytest -k filter")
+    p.add_argument("--json", help="where to write the pytest-benchmark JSON (default: bench-<time>.json)")
+    p.add_argument("--slow", action="store_true", help="include the cases marked slow")
+    p.set_defaults(func=_cmd_bench)
     return parser
 
 
@@ -509,12 +598,18 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     from fsgan_fast.backends import BackendUnavailableError
     from fsgan_fast.data import DatasetError
-    from fsgan_fast.train.loop import CheckpointError
+    from fsgan_fast.models.registry import UnknownModelError
+    from fsgan_fast.train.loop import CheckpointError, RunError, TrainingInterrupted
 
     try:
         return args.func(args)
-    except (CLIError, DatasetError, CheckpointError, BackendUnavailableError) as e:
+    except (CLIError, ConfigError, DatasetError, CheckpointError, RunError, BackendUnavailableError,
+            UnknownModelError) as e:
         parser.exit(2, f"fsgan-fast: error: {e}\n")
+    except TrainingInterrupted as e:
+        parser.exit(130, f"fsgan-fast: {e}\n")
+    except KeyboardInterrupt:
+        parser.exit(130, "fsgan-fast: interrupted\n")
 
 
 if __name__ == "__main__":

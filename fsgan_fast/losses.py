@@ -2,12 +2,10 @@
 
 LoFGAN (ALGORITHMS.md §1) trains with :func:`hinge_d_loss` / :func:`hinge_g_loss`, ACGAN
 :func:`classification_loss` on both nets, :func:`local_reconstruction_loss` on G and
-:func:`r1_class_penalty` on D, weighted by :class:`LoFGANLossWeights`.
+:func:`r1_class_penalty` on D, weighted as :class:`fsgan_fast.train.lofgan.LoFGANLossWeights` says.
 """
 
 from __future__ import annotations
-
-import dataclasses
 
 import torch
 import torch.nn.functional as F
@@ -17,21 +15,6 @@ from fsgan_fast.nn.local_fusion import LocalFusionOutput
 from fsgan_fast.ops import lfm_apply
 
 RECON_MODES = ("nearest", "area")
-
-
-@dataclasses.dataclass
-class LoFGANLossWeights:
-    """LoFGAN's loss weights (official configs).
-
-    D: ``adv * hinge_d + cls_d * CE(real) + gp * r1_class_penalty``;
-    G: ``adv * hinge_g + cls_g * CE(fake) + local * local_reconstruction``.
-    """
-
-    adv: float = 1.0
-    cls_d: float = 1.0
-    cls_g: float = 1.0
-    local: float = 0.5
-    gp: float = 10.0
 
 
 def _check_tensor(name: str, t: object, *, floating: bool = True) -> None:
@@ -148,7 +131,6 @@ def r1_class_penalty(real: Tensor, cls_logits: Tensor, labels: Tensor) -> Tensor
 
 
 __all__ = [
-    "LoFGANLossWeights",
     "hinge_d_loss",
     "hinge_g_loss",
     "classification_loss",

@@ -26,7 +26,8 @@ def test_help_runs_as_a_module():
 @pytest.mark.parametrize("argv, expected", [
     (["train", "lofgan", "--help"], ["--data", "--preset", "--amp", "--ema", "--resume", "--compile", "--backend", "torchrun"]),
     (["generate", "lofgan", "--help"], ["--ckpt", "--shots", "--similarity", "--n"]),
-    (["export", "lofgan", "--help"], ["--format", "onnx", "tensorrt", "aoti", "--batch", "--fp16", "--lowering"]),
+    (["export", "lofgan", "--help"], ["--format", "onnx", "tensorrt", "aoti", "--batch", "--precision", "--lowering",
+                                     "--single-episode", "--no-ema"]),
 ])
 def test_subcommand_help(argv, expected, capsys):
     with pytest.raises(SystemExit) as exit_info:
@@ -60,7 +61,9 @@ def test_train_writes_checkpoint_samples_and_metrics(run_dir):
     split = json.loads((run_dir / "split.json").read_text())
     assert len(split["seen"]) == 13 and len(split["unseen"]) == 3
     config = json.loads((run_dir / "config.json").read_text())
-    assert config["model"]["size"] == 32 and config["model"]["n_classes"] == 13 and config["train"]["ema"] == 0.999
+    assert config["model"] == "lofgan" and config["data"] == "builtin"
+    assert config["model_config"]["size"] == 32 and config["model_config"]["n_classes"] == 13
+    assert config["train_config"]["ema"] == 0.999
 
 
 def test_generate_writes_images_grid_and_similarity(run_dir, tmp_path, capsys):
@@ -82,7 +85,7 @@ def test_bad_arguments_fail_clearly(run_dir, tmp_path, capsys):
     cases = [
         (["train", "lofgan", "--out", str(tmp_path)], "--data"),
         (["train", "lofgan", "--data", "builtin", "--out", str(tmp_path), "--amp", "fp8"], "invalid choice"),
-        (["train", "lofgan", "--data", "builtin", "--out", str(tmp_path), "--gen-channels", "16,x"], "comma-separated"),
+        (["train", "lofgan", "--data", "builtin", "--out", str(tmp_path), "--gen-channels", "16,x"], "must be an integer"),
         (["train", "lofgan", "--data", "builtin", "--out", str(tmp_path), "--iters", "0"], "must be >= 1"),
         (["train", "lofgan", "--data", str(tmp_path / "nope"), "--out", str(tmp_path / "r")], "does not exist"),
         (["train", "lofgan", "--data", "builtin", "--out", str(tmp_path / "r"), "--size", "30", *TINY[2:]], "multiple of"),
@@ -95,8 +98,8 @@ def test_bad_arguments_fail_clearly(run_dir, tmp_path, capsys):
          "at least 2"),
         (["export", "lofgan", "--ckpt", str(run_dir / "checkpoint.pt"), "--format", "onnx", "--out", "g.onnx",
           "--batch", "8:2:4"], "1 <= min <= opt <= max"),
-        (["export", "lofgan", "--ckpt", str(run_dir / "checkpoint.pt"), "--format", "onnx", "--out", "g.onnx", "--fp16",
-          "--bf16"], "not allowed with argument"),
+        (["export", "lofgan", "--ckpt", str(run_dir / "checkpoint.pt"), "--format", "onnx", "--out", "g.onnx",
+          "--precision", "fp8"], "invalid choice"),
         (["export", "lofgan", "--ckpt", str(run_dir / "checkpoint.pt"), "--format", "onnx", "--out", "g.onnx",
           "--lowering", "native"], "aoti only"),
         (["export", "lofgan", "--ckpt", str(tmp_path / "none.pt"), "--format", "onnx", "--out", "g.onnx"], "does not exist"),
@@ -107,7 +110,7 @@ def test_bad_arguments_fail_clearly(run_dir, tmp_path, capsys):
         (["export", "lofgan", "--ckpt", str(run_dir / "checkpoint.pt"), "--format", "aoti", "--out", "g.pt2",
           "--device", "foo"], "--device"),
         (["export", "lofgan", "--ckpt", str(run_dir / "checkpoint.pt"), "--format", "onnx", "--out", "g.onnx",
-          "--opset", "17"], "invalid choice"),
+          "--opset", "17"], "must be >= 18"),
     ]
     for argv, message in cases:
         with pytest.raises(SystemExit) as exit_info:
@@ -132,6 +135,6 @@ def test_export_onnx_and_aoti(run_dir, tmp_path, capsys):
     assert (tmp_path / "g.pt2").is_file() and "  ok: tolerance" in out
     # fp16 ONNX: judged against eager PyTorch in fp16 (matches may flip near ties)
     assert main(["export", "lofgan", "--ckpt", ckpt, "--format", "onnx", "--out", str(tmp_path / "h.onnx"),
-                 "--batch", "2", "--fp16"]) == 0
+                 "--batch", "2", "--precision", "fp16"]) == 0
     out = capsys.readouterr().out
     assert "eager PyTorch in fp16 has mean |err|" in out and "  ok:" in out

@@ -4,7 +4,7 @@ Two lowerings of the hot-path ops (see :func:`fsgan_fast.backends.lowering`):
 
 - ``"reference"`` (default): standard aten ops that Inductor compiles and fuses itself. The package needs
   only torch to load (``torch._inductor.aoti_load_package``), from Python or C++.
-- ``"native"``: calls to our private C++ kernels (``fsgan_fast::_lfm_fuse_cpu`` / ``_cuda``), which
+- ``"native"``: calls to our private C++ kernels (e.g. ``fsgan_fast::_lfm_fuse_cpu`` / ``_cuda``), which
   Inductor cannot fuse but which beat its code for the matching on a GPU (to be measured). The runtime
   must register the ops before loading the package: ``import fsgan_fast.ops`` in Python (as
   :class:`AOTIGenerator` does), or ``torch.ops.load_library`` of ``libfsgan_fast_ops`` (CMakeLists.txt) in C++.
@@ -26,6 +26,29 @@ from fsgan_fast.export.graphs import BATCH_RANGE_KEY, GeneratorGraph, check_batc
 
 LOWERING_KEY = "fsgan_fast.lowering"
 DTYPE_KEY = "fsgan_fast.dtype"
+NATIVE_OPS_KEY = "fsgan_fast.native_ops"  # JSON list of the fsgan_fast ops the compiled graph calls
+
+
+def graph_ops(program: torch.export.ExportedProgram) -> list[str]:
+    """Names of the ``torch.ops.fsgan_fast`` ops a program calls (e.g. ``_lfm_fuse_cpu``), sorted."""
+    names = set()
+    for node in program.graph.nodes:
+        target = node.target
+        if node.op == "call_function" and isinstance(target, torch._ops.OpOverload) and target.namespace == "fsgan_fast":
+            names.add(target._schema.name.split("::", 1)[1])
+    return sorted(names)
+
+
+def missing_kernels(ops: list[str], device: torch.device) -> list[str]:
+    """Which of ``ops`` have no kernel registered here for ``device`` (their module was not loaded or built)."""
+    key = "CUDA" if device.type == "cuda" else "CPU"
+    missing = []
+    for name in ops:
+        qualified = f"fsgan_fast::{name}"
+        if not torch._C._dispatch_has_kernel_for_dispatch_key(qualified, key) and not \
+                torch._C._dispatch_has_kernel_for_dispatch_key(qualified, "CompositeExplicitAutograd"):
+            missing.append(name)
+    return missing
 
 
 def export_program(
@@ -56,6 +79,7 @@ def package_aoti(
     program = export_program(graph, batch=batch, lowering=lowering)
     meta = dict(graph.metadata)
     meta[LOWERING_KEY] = lowering
+    meta[NATIVE_OPS_KEY] = json.dumps(graph_ops(program))
     meta[BATCH_RANGE_KEY] = ":".join(map(str, check_batch_range(batch)))
     meta["fsgan_fast.input_names"] = json.dumps(list(graph.input_names))
     meta["fsgan_fast.torch"] = torch.__version__
@@ -85,12 +109,18 @@ class AOTIGenerator:
         self.metadata = dict(self.runner.get_metadata())
         key = self.metadata.get("AOTI_DEVICE_KEY", "cpu")
         self.device = torch.device(device if device is not None else ("cuda" if key.startswith("cuda") else "cpu"))
-        if self.metadata.get(LOWERING_KEY) == "native":
-            # the ops are registered (fsgan_fast.ops is imported by this package), but their kernels may
-            # not have been built: say so now rather than at the first call
-            reason = backends.why_unavailable("lfm_fuse", self.device.type, self.device)
-            if reason is not None:
-                raise backends.BackendUnavailableError(f"{path} calls fsgan_fast's native kernels: {reason}")
+        # the package may call fsgan_fast's kernels (native lowering): they must be registered and built here,
+        # said now rather than at the first call
+        ops = json.loads(self.metadata.get(NATIVE_OPS_KEY, "[]"))
+        if ops:
+            import fsgan_fast.ops  # noqa: F401  registers the schemas and loads fsgan_fast._C
+
+            missing = missing_kernels(ops, self.device)
+            if missing:
+                raise backends.BackendUnavailableError(
+                    f"{path} calls fsgan_fast kernels that this installation lacks for {self.device.type}: "
+                    f"{', '.join(missing)} (is fsgan_fast._C built with {self.device.type.upper()} kernels? see "
+                    "'fsgan-fast info')")
         self.dtype = getattr(torch, self.metadata.get(DTYPE_KEY, "float32"))
         names = self.metadata.get("fsgan_fast.input_names")
         self.input_names = tuple(json.loads(names)) if names else ()
@@ -105,4 +135,4 @@ class AOTIGenerator:
         return out[0] if isinstance(out, (list, tuple)) and len(out) == 1 else out
 
 
-__all__ = ["export_program", "package_aoti", "AOTIGenerator"]
+__all__ = ["export_program", "package_aoti", "AOTIGenerator", "graph_ops", "missing_kernels"]

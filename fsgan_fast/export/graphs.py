@@ -2,8 +2,8 @@
 
 A :class:`GeneratorGraph` is what every deployment path (ONNX, TensorRT, torch.export/AOTInductor)
 traces: an eval-mode copy of a generator wrapped so that its inputs are plain tensors with a batch axis 0,
-plus a sampler that draws those inputs the way the Python model would. Graphs are built per model by
-:func:`generator_graph`; the ops inside lower to standard ops under :func:`fsgan_fast.backends.lowering`.
+plus a sampler that draws those inputs the way the Python model would. Each model's registry spec builds
+its graph (:func:`generator_graph` dispatches to it); the ops inside lower to standard ops under :func:`fsgan_fast.backends.lowering`.
 """
 
 from __future__ import annotations
@@ -18,9 +18,7 @@ from typing import Callable, Iterator
 import torch
 from torch import Tensor, nn
 
-from fsgan_fast.ops import lfm_fuse
 
-MODELS = ("lofgan",)
 # metadata keys the runners read back (all values are strings)
 BATCH_RANGE_KEY = "fsgan_fast.batch_range"  # "min:opt:max", added by each exporter
 BATCH_INPUTS_KEY = "fsgan_fast.batch_inputs"  # JSON list of the inputs with a batch axis 0
@@ -166,106 +164,28 @@ def parse_batch_range(text: str) -> tuple[int, int, int]:
     return check_batch_range(tuple(parts))
 
 
-# ---------------------------------------------------------------------------------------------------
-# LoFGAN
+def generator_graph(model: nn.Module, **options) -> GeneratorGraph:
+    """The :class:`GeneratorGraph` of a model, built by its registry spec's ``graph`` (see ``fsgan_fast.models``).
 
-
-class LoFGANInference(nn.Module):
-    """LoFGAN's generator with the fusion's randomness as inputs.
-
-    Batch of episodes (default): ``shots [B, K, 3, S, S], base [B], positions [B, n], alpha [B, K]``.
-    Single episode (``single_episode=True``): ``shots [K, 3, S, S]`` encoded once and shared by the B
-    generations, which is what generation at scale from one episode wants.
-    ``base``/``positions`` are int64; ``alpha`` float in the model's dtype. Indices are not checked
-    inside the graph (no host sync): draw them with :meth:`sample` or the documented distributions.
+    ``options`` are the model's export options (LoFGAN: ``single_episode``, ``use_ema``). The model is
+    copied (eval mode, no grad); its dtype and device are kept.
     """
+    from fsgan_fast.models import registry
 
-    def __init__(self, gen: nn.Module, single_episode: bool = False):
-        super().__init__()
-        self.gen = gen
-        self.single_episode = single_episode
-
-    def forward(self, shots: Tensor, base: Tensor, positions: Tensor, alpha: Tensor) -> Tensor:
-        if self.single_episode:
-            feats = self.gen.encode(shots.unsqueeze(0))
-            feats = feats.expand(base.shape[0], -1, -1, -1, -1)
-        else:
-            feats = self.gen.encode(shots)
-        fused, _ = lfm_fuse(feats, base, positions, alpha, check_indices=False)
-        return self.gen.decode(fused)
-
-
-def _lofgan_graph(model: nn.Module, *, single_episode: bool, use_ema: bool) -> GeneratorGraph:
-    from fsgan_fast.models.lofgan import LoFGAN, LoFGANGenerator
-
-    which = "gen"
-    if isinstance(model, LoFGAN):
-        which = "gen_ema" if use_ema and model.gen_ema is not None else "gen"
-        gen = getattr(model, which)
-    elif isinstance(model, LoFGANGenerator):
-        gen = model
-    else:
-        raise TypeError(f"expected a LoFGAN or LoFGANGenerator, got {type(model).__name__}")
-    gen = copy.deepcopy(gen).eval().requires_grad_(False)
-    cfg = gen.cfg
-    K, S, f = cfg.shots, cfg.size, cfg.feature_size
-    n = gen.fusion.num_positions(f, f)
-
-    def sample(B: int, generator: torch.Generator | None, device: torch.device) -> tuple[Tensor, ...]:
-        where = generator.device if generator is not None else device
-        shape = (K, 3, S, S) if single_episode else (B, K, 3, S, S)
-        shots = torch.rand(shape, generator=generator, device=where) * 2 - 1
-        _, positions, alpha = gen.fusion.sample(B, K, f, f, device, generator)
-        # a base per sample, whatever shared_base says, as LoFGAN.generate draws them
-        base = torch.randint(K, (B,), generator=generator, device=where)
-        return shots.to(device), base.to(device), positions, alpha.to(device)
-
-    meta = {
-        "fsgan_fast.model": "lofgan",
-        "fsgan_fast.config": json.dumps(cfg.to_dict()),
-        "fsgan_fast.single_episode": str(int(single_episode)),
-        "fsgan_fast.generator": which,
-        "fsgan_fast.inputs": (
-            f"shots: {'[K' if single_episode else '[B, K'}, 3, {S}, {S}] images in [-1, 1], K={K}; "
-            f"base: [B] int64 in [0, K); positions: [B, {n}] int64, distinct per row, in [0, {f * f}) "
-            f"(flat positions of the {f}x{f} feature grid); alpha: [B, K] U(0,1) normalised to sum 1 per row"
-        ),
-        "fsgan_fast.outputs": f"images: [B, 3, {S}, {S}] in [-1, 1]",
-        INDEX_BOUNDS_KEY: json.dumps({"base": K, "positions": f * f}),
-    }
-    batch_inputs = ("base", "positions", "alpha") if single_episode else ("shots", "base", "positions", "alpha")
-    meta[BATCH_INPUTS_KEY] = json.dumps(list(batch_inputs))
-    return GeneratorGraph(
-        model="lofgan",
-        module=LoFGANInference(gen, single_episode).eval(),
-        input_names=("shots", "base", "positions", "alpha"),
-        output_names=("images",),
-        batch_inputs=batch_inputs,
-        sample=sample,
-        metadata=meta,
-    )
-
-
-def generator_graph(model: nn.Module, *, single_episode: bool = False, use_ema: bool = True) -> GeneratorGraph:
-    """The :class:`GeneratorGraph` of a model (LoFGAN: the pair or its generator).
-
-    ``use_ema``: take the EMA generator when the model has one. ``single_episode`` (LoFGAN): one set of
-    shots shared by the batch. The model is copied (eval mode, no grad); its dtype and device are kept.
-    """
-    from fsgan_fast.models.lofgan import LoFGAN, LoFGANGenerator
-
-    if isinstance(model, (LoFGAN, LoFGANGenerator)):
-        return _lofgan_graph(model, single_episode=single_episode, use_ema=use_ema)
-    raise TypeError(f"no export graph for {type(model).__name__}; exportable models: {', '.join(MODELS)}")
+    spec = registry.spec_for(model)
+    if spec.graph is None:
+        raise TypeError(f"model {spec.name!r} has no export graph")
+    return spec.get("graph")(model, **options)
 
 
 __all__ = [
     "GeneratorGraph",
-    "LoFGANInference",
     "generator_graph",
     "check_batch_range",
     "parse_batch_range",
     "check_inputs",
     "ieee_fp32",
-    "MODELS",
+    "BATCH_INPUTS_KEY",
+    "BATCH_RANGE_KEY",
+    "INDEX_BOUNDS_KEY",
 ]

@@ -1,6 +1,11 @@
-"""fsgan_fast.models: one module per paper; generators and discriminators only (no training loops)."""
+"""fsgan_fast.models: one module per paper (networks, inference graph, registry spec); no training loops.
 
-from fsgan_fast.models.lofgan import (
+``available()`` lists the registered models (built-in and plugins of the ``fsgan_fast.models`` entry-point
+group); ``get(name)`` returns a :class:`ModelSpec`; ``load(path)`` builds the model of any checkpoint.
+"""
+
+from fsgan_fast.models.registry import ModelSpec, available, get, load, register, unregister
+from fsgan_fast.models.lofgan import (  # noqa: E402  (registers "lofgan")
     LoFGAN,
     LoFGANConfig,
     LoFGANDiscriminator,
@@ -8,4 +13,5 @@ from fsgan_fast.models.lofgan import (
     similarity_figure,
 )
 
-__all__ = ["LoFGAN", "LoFGANConfig", "LoFGANGenerator", "LoFGANDiscriminator", "similarity_figure"]
+__all__ = ["ModelSpec", "available", "get", "load", "register", "unregister", "LoFGAN", "LoFGANConfig",
+           "LoFGANGenerator", "LoFGANDiscriminator", "similarity_figure"]

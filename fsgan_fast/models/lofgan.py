@@ -20,42 +20,46 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import json
 import math
 import numbers
+from pathlib import Path
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
+from fsgan_fast import configs
+from fsgan_fast.models import registry
+from fsgan_fast.configs import option
 from fsgan_fast.nn.blocks import ActFirstResBlock, Conv2dBlock, kaiming_init_
 from fsgan_fast.nn.local_fusion import LocalFusion, LocalFusionOutput
-from fsgan_fast.ops import lfm_similarity
+from fsgan_fast.ops import lfm_fuse, lfm_similarity
+from fsgan_fast.utils.figures import similarity_figure
 
 
 @dataclasses.dataclass
 class LoFGANConfig:
     """Hyper-parameters of the LoFGAN networks; the defaults are the official 128 px model.
 
-    ``size``: image side (64, 128 and 256 are tested); it must be a multiple of
-    ``2 ** (len(gen_channels) - 1)``, the encoder's downsampling (16 by default), which gives the feature
-    grid ``feature_size``. ``shots``: the K of training episodes (>= 2; the generator itself accepts any
-    K >= 2). ``n_classes``: seen classes (D's class head). ``gen_channels``: encoder widths, the decoder
-    mirrors them. ``dis_channels``: D stem width, doubled per stage up to ``dis_max_channels``.
-    ``rate``: eta, the fraction of base positions fused. ``shared_base``: one base index per batch, as
-    the official code; the default draws one per row.
+    ``size`` must be a multiple of ``2 ** (len(gen_channels) - 1)``, the encoder's downsampling (16 by
+    default), which gives the feature grid ``feature_size``. ``shots`` is the K of training episodes (the
+    generator itself accepts any K >= 2). ``n_classes`` (D's class head) is set from the data.
     """
 
-    size: int = 128
-    shots: int = 3
-    n_classes: int = 85
-    gen_channels: tuple[int, ...] = (32, 64, 128, 128, 128)
-    dis_channels: int = 64
-    dis_max_channels: int = 1024
-    rate: float = 0.5
-    shared_base: bool = False
+    size: int = option(128, "image side in pixels (a multiple of 2^(len(gen-channels)-1); 64, 128, 256 tested)",
+                       low=16)
+    shots: int = option(3, "K, images per episode (>= 2: a base and references)", low=2)
+    n_classes: int = option(85, "seen classes (D's class head); set from the data", low=1, cli=False)
+    gen_channels: tuple[int, ...] = option((32, 64, 128, 128, 128), "G encoder widths (the decoder mirrors them)",
+                                           low=1)
+    dis_channels: int = option(64, "D stem width (doubled per stage)", low=1)
+    dis_max_channels: int = option(1024, "D width cap", low=1)
+    rate: float = option(0.5, "eta, the fraction of base feature positions fused", low=0.0, low_open=True, high=1.0)
+    shared_base: bool = option(False, "one base shot per batch, as the official code (default: one per row)")
 
     def __post_init__(self) -> None:
-        self.gen_channels = tuple(int(c) for c in self.gen_channels)
+        configs.validate(self)
         if len(self.gen_channels) < 2 or min(self.gen_channels) < 1:
             raise ValueError(f"gen_channels needs >= 2 positive widths, got {self.gen_channels}")
         if self.size < 16 or self.size % self.downsample:
@@ -90,17 +94,11 @@ class LoFGANConfig:
         return max(0, math.ceil(math.log2(self.size / 8)))
 
     def to_dict(self) -> dict[str, Any]:
-        d = dataclasses.asdict(self)
-        d["gen_channels"] = list(self.gen_channels)
-        return d
+        return configs.to_dict(self)
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> LoFGANConfig:
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - names)
-        if unknown:
-            raise ValueError(f"unknown LoFGANConfig fields {unknown}; expected a subset of {sorted(names)}")
-        return cls(**d)
+        return configs.from_dict(cls, d)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -379,87 +377,175 @@ class LoFGAN(nn.Module):
 
 
 # ---------------------------------------------------------------------------------------------------
-# Figure
+# Export: the generator with its randomness as inputs
 
 
-def _jet(v: Tensor) -> Tensor:
-    """[H, W] values in [0, 1] -> [3, H, W] RGB of a jet-like colormap (blue low, red high)."""
-    v = v.clamp(0, 1)
-    return torch.stack([(1.5 - (4 * v - c).abs()).clamp(0, 1) for c in (3.0, 2.0, 1.0)])
+class LoFGANInference(nn.Module):
+    """LoFGAN's generator with the fusion's randomness as inputs.
 
-
-def _to_unit(x: Tensor) -> Tensor:
-    """Images in [-1, 1] -> float32 CPU in [0, 1]."""
-    return ((x.detach().float().cpu() + 1) / 2).clamp(0, 1)
-
-
-def _outline(img: Tensor, cell: int, row: int, col: int, color: tuple[float, float, float], width: int = 2) -> Tensor:
-    """Draw a ``width``-px box around grid cell (row, col) of side ``cell`` on ``img [3, H, W]`` (in place)."""
-    c = torch.tensor(color, dtype=img.dtype, device=img.device).view(3, 1, 1)
-    y0, x0 = row * cell, col * cell
-    y1, x1 = y0 + cell, x0 + cell
-    w = max(1, min(width, cell // 2))
-    img[:, y0:y1, x0 : x0 + w] = c
-    img[:, y0:y1, x1 - w : x1] = c
-    img[:, y0 : y0 + w, x0:x1] = c
-    img[:, y1 - w : y1, x0:x1] = c
-    return img
-
-
-def similarity_figure(shots: Tensor, maps: dict[str, Any], *, num_positions: int = 4, pad: int = 4) -> Tensor:
-    """Render :meth:`LoFGAN.similarity_maps` as one image ``[3, H, W]`` float in [0, 1] (on the CPU).
-
-    Layout: K + 1 columns (the shots in order, then the fake). Row 0 shows the shots (the base framed in
-    red) and the fake. Each further row follows one selected base position t (the first
-    ``num_positions``): the base column outlines the cell in green, each reference column shows that
-    reference under a heat map of ``maps[r, t]`` (jet colours, min-max scaled per map, cells upsampled
-    with nearest) with the matched cell outlined in white, and the fake column outlines the cell that
-    received the fused feature. Tiles are separated by ``pad`` white pixels.
-
-    ``shots [K, 3, S, S]`` in [-1, 1]. To save without torchvision::
-
-        from PIL import Image
-        fig = similarity_figure(shots, model.similarity_maps(shots, g))
-        Image.fromarray((fig.permute(1, 2, 0) * 255).round().byte().numpy()).save("similarity.png")
+    Batch of episodes (default): ``shots [B, K, 3, S, S], base [B], positions [B, n], alpha [B, K]``.
+    Single episode (``single_episode=True``): ``shots [K, 3, S, S]`` encoded once and shared by the B
+    generations, which is what generation at scale from one episode wants.
+    ``base``/``positions`` are int64; ``alpha`` float in the model's dtype. Indices are not checked
+    inside the graph (no host sync): draw them with the graph's ``sample`` or the documented distributions.
     """
-    if not isinstance(shots, Tensor) or shots.dim() != 4 or shots.shape[1] != 3:
-        raise ValueError(f"shots must be [K, 3, S, S], got {getattr(shots, 'shape', type(shots).__name__)}")
-    for key in ("maps", "base", "ref_shots", "positions", "ref_idx", "fake"):
-        if key not in maps:
-            raise ValueError(f"maps must be the dict from LoFGAN.similarity_maps; missing {key!r}")
-    K, _, S, _ = shots.shape
-    sim = maps["maps"].detach().float().cpu()
-    R, n, h, w = sim.shape
-    if R != K - 1 or S % h or S % w or h != w:
-        raise ValueError(f"maps {list(sim.shape)} do not fit {K} shots of side {S}")
-    cell = S // h
-    m = max(0, min(num_positions, n))
-    imgs, fake = _to_unit(shots), _to_unit(maps["fake"])
-    base, ref_shots = int(maps["base"]), maps["ref_shots"].tolist()
-    positions, ref_idx = maps["positions"].cpu().tolist(), maps["ref_idx"].cpu()
 
-    rows, cols = 1 + m, K + 1
-    fig = torch.ones(3, pad + rows * (S + pad), pad + cols * (S + pad))
+    def __init__(self, gen: LoFGANGenerator, single_episode: bool = False):
+        super().__init__()
+        self.gen = gen
+        self.single_episode = single_episode
 
-    def put(tile: Tensor, r: int, c: int) -> None:
-        y, x = pad + r * (S + pad), pad + c * (S + pad)
-        fig[:, y : y + S, x : x + S] = tile
-
-    for k in range(K):
-        put(_outline(imgs[k].clone(), S, 0, 0, (1.0, 0.0, 0.0), 3) if k == base else imgs[k], 0, k)
-    put(fake, 0, K)
-    for t in range(m):
-        p = positions[t]
-        put(_outline(imgs[base].clone(), cell, p // w, p % w, (0.0, 1.0, 0.0)), 1 + t, base)
-        for r, shot in enumerate(ref_shots):
-            v = sim[r, t]
-            v = (v - v.min()) / (v.max() - v.min()).clamp_min(1e-8)
-            heat = _jet(v.repeat_interleave(cell, 0).repeat_interleave(cell, 1))
-            tile = 0.5 * imgs[shot] + 0.5 * heat
-            j = int(ref_idx[r, t])
-            put(_outline(tile, cell, j // w, j % w, (1.0, 1.0, 1.0)), 1 + t, shot)
-        put(_outline(fake.clone(), cell, p // w, p % w, (0.0, 1.0, 0.0)), 1 + t, K)
-    return fig
+    def forward(self, shots: Tensor, base: Tensor, positions: Tensor, alpha: Tensor) -> Tensor:
+        if self.single_episode:
+            feats = self.gen.encode(shots.unsqueeze(0))
+            feats = feats.expand(base.shape[0], -1, -1, -1, -1)
+        else:
+            feats = self.gen.encode(shots)
+        fused, _ = lfm_fuse(feats, base, positions, alpha, check_indices=False)
+        return self.gen.decode(fused)
 
 
-__all__ = ["LoFGANConfig", "LoFGANGenerator", "LoFGANDiscriminator", "LoFGAN", "similarity_figure"]
+@dataclasses.dataclass
+class LoFGANExportOptions:
+    """LoFGAN's own export options (``fsgan-fast export lofgan``)."""
+
+    single_episode: bool = option(False, "shots [K,3,S,S] encoded once and shared by the batch (generation at "
+                                  "scale from one episode); default: a batch of episodes [B,K,3,S,S]")
+    use_ema: bool = option(True, "export the EMA generator when the checkpoint has one (--no-ema: the trained G)",
+                           flag="ema")
+
+    def __post_init__(self) -> None:
+        configs.validate(self)
+
+
+def lofgan_graph(model: nn.Module, *, single_episode: bool = False, use_ema: bool = True):
+    """The :class:`~fsgan_fast.export.graphs.GeneratorGraph` of a LoFGAN (the pair or its generator)."""
+    from fsgan_fast.export.graphs import BATCH_INPUTS_KEY, INDEX_BOUNDS_KEY, GeneratorGraph
+
+    which = "gen"
+    if isinstance(model, LoFGAN):
+        which = "gen_ema" if use_ema and model.gen_ema is not None else "gen"
+        gen = getattr(model, which)
+    elif isinstance(model, LoFGANGenerator):
+        gen = model
+    else:
+        raise TypeError(f"expected a LoFGAN or LoFGANGenerator, got {type(model).__name__}")
+    gen = copy.deepcopy(gen).eval().requires_grad_(False)
+    cfg = gen.cfg
+    K, S, f = cfg.shots, cfg.size, cfg.feature_size
+    n = gen.fusion.num_positions(f, f)
+
+    def sample(B: int, generator: torch.Generator | None, device: torch.device) -> tuple[Tensor, ...]:
+        where = generator.device if generator is not None else device
+        shape = (K, 3, S, S) if single_episode else (B, K, 3, S, S)
+        shots = torch.rand(shape, generator=generator, device=where) * 2 - 1
+        _, positions, alpha = gen.fusion.sample(B, K, f, f, device, generator)
+        # a base per sample, whatever shared_base says, as LoFGAN.generate draws them
+        base = torch.randint(K, (B,), generator=generator, device=where)
+        return shots.to(device), base.to(device), positions, alpha.to(device)
+
+    batch_inputs = ("base", "positions", "alpha") if single_episode else ("shots", "base", "positions", "alpha")
+    meta = {
+        "fsgan_fast.model": "lofgan",
+        "fsgan_fast.config": json.dumps(cfg.to_dict()),
+        "fsgan_fast.single_episode": str(int(single_episode)),
+        "fsgan_fast.generator": which,
+        "fsgan_fast.inputs": (
+            f"shots: {'[K' if single_episode else '[B, K'}, 3, {S}, {S}] images in [-1, 1], K={K}; "
+            f"base: [B] int64 in [0, K); positions: [B, {n}] int64, distinct per row, in [0, {f * f}) "
+            f"(flat positions of the {f}x{f} feature grid); alpha: [B, K] U(0,1) normalised to sum 1 per row"
+        ),
+        "fsgan_fast.outputs": f"images: [B, 3, {S}, {S}] in [-1, 1]",
+        INDEX_BOUNDS_KEY: json.dumps({"base": K, "positions": f * f}),
+        BATCH_INPUTS_KEY: json.dumps(list(batch_inputs)),
+    }
+    return GeneratorGraph(
+        model="lofgan",
+        module=LoFGANInference(gen, single_episode).eval(),
+        input_names=("shots", "base", "positions", "alpha"),
+        output_names=("images",),
+        batch_inputs=batch_inputs,
+        sample=sample,
+        metadata=meta,
+    )
+
+
+# ---------------------------------------------------------------------------------------------------
+# fsgan-fast generate lofgan
+
+
+@dataclasses.dataclass
+class LoFGANGenerateOptions:
+    """The inputs of ``fsgan-fast generate lofgan``."""
+
+    shots: tuple[str, ...] = option(help="K >= 2 images of one class (centre-cropped and resized to the model size)",
+                                    metavar="IMAGE")
+    similarity: bool = option(False, "also write OUT/similarity.png: the fusion's cosine-similarity maps "
+                              "(paper section 4.5)")
+    use_ema: bool = option(True, "use the EMA generator when the checkpoint has one (--no-ema: the trained G)",
+                           flag="ema")
+
+    def __post_init__(self) -> None:
+        configs.validate(self)
+        if len(self.shots) < 2:
+            raise configs.ConfigError(f"--shots needs at least 2 images (a base and a reference), got {len(self.shots)}")
+
+
+def generate_command(model: LoFGAN, opts: LoFGANGenerateOptions, *, n: int, out: Path, generator: torch.Generator,
+                     batch_size: int) -> list[Path]:
+    """Write ``out/<i>.png`` per generation, ``out/grid.png`` (shots on the first row) and, if asked, the figure."""
+    from fsgan_fast.utils.images import read_image, save_grid, save_image
+
+    if not opts.use_ema and model.gen_ema is None:
+        raise configs.ConfigError("--no-ema given but the checkpoint has no EMA generator to skip")
+    p = next(model.parameters())
+    try:
+        shots = torch.stack([read_image(path, model.cfg.size) for path in opts.shots]).float().div_(127.5).sub_(1)
+    except ValueError as e:  # unreadable files are the user's input, not a crash
+        raise configs.ConfigError(str(e)) from None
+    shots = shots.to(p.device)
+    fakes = model.generate(shots, n, generator, batch_size=batch_size, use_ema=opts.use_ema)
+    width = len(str(max(n - 1, 0)))
+    written = [save_image(img, out / f"{i:0{width}d}.png") for i, img in enumerate(fakes)]
+    ncol = max(len(shots), min(n, 8))
+    blank = torch.ones(ncol - len(shots), *shots.shape[1:], device=shots.device)  # pad the shots row with white
+    written.append(save_grid(torch.cat([shots, blank, fakes]), out / "grid.png", ncol))
+    if opts.similarity:
+        maps = model.similarity_maps(shots, generator, use_ema=opts.use_ema)
+        written.append(save_image(similarity_figure(shots, maps), out / "similarity.png", (0.0, 1.0)))
+    return written
+
+
+def _auto_preset(data: str | None) -> str:
+    return "demo" if data == "builtin" else "paper"
+
+
+registry.register(registry.ModelSpec(
+    name="lofgan",
+    summary="LoFGAN: k-shot generation by fusing local features (ICCV 2021)",
+    description=(
+        "Train LoFGAN on few-shot image classes. Writes RUN/checkpoint.pt (latest; exact resume), "
+        "RUN/metrics.jsonl, RUN/samples/step_*.png (rows: K shots, then generations; seen classes first, then "
+        "unseen), RUN/split.json (seen/unseen classes) and RUN/config.json. --data: 'builtin' (16 photo classes "
+        "from scikit-image, no download), a folder with one sub-folder of images per class, or an official LoFGAN "
+        ".npy [classes, images, H, W, 3]. Options left unset come from --preset. Multi-GPU: "
+        "torchrun --nproc_per_node N -m fsgan_fast.cli train lofgan ..."
+    ),
+    model_config=LoFGANConfig,
+    train_config="fsgan_fast.train.lofgan:LoFGANTrainConfig",
+    presets="fsgan_fast.train.lofgan:PRESETS",
+    auto_preset=_auto_preset,
+    preset_help=("'demo' = 64 px, G 32,64,64,64, D 16..128, batch 8, 300 steps (minutes on a CPU); 'paper' = the "
+                 "official 128 px model, batch 8, 100000 steps; auto = demo for --data builtin, else paper"),
+    build=LoFGAN,
+    train="fsgan_fast.train.lofgan:train_run",
+    graph=lofgan_graph,
+    export_options=LoFGANExportOptions,
+    model_types=(LoFGAN, LoFGANGenerator),
+    generate=generate_command,
+    generate_options=LoFGANGenerateOptions,
+))
+
+
+__all__ = ["LoFGANConfig", "LoFGANGenerator", "LoFGANDiscriminator", "LoFGAN", "LoFGANInference", "lofgan_graph",
+           "LoFGANExportOptions", "LoFGANGenerateOptions", "similarity_figure"]

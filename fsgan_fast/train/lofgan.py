@@ -24,14 +24,15 @@ import dataclasses
 import json
 import os
 from pathlib import Path
+from typing import Literal
 
 import torch
 from torch import Tensor
 
+from fsgan_fast import configs
+from fsgan_fast.configs import option
 from fsgan_fast.data import ClassSplit, EpisodeSampler, ImageClasses, load_classes, split_classes, to_model_range
 from fsgan_fast.losses import (
-    RECON_MODES,
-    LoFGANLossWeights,
     classification_loss,
     hinge_d_loss,
     hinge_g_loss,
@@ -39,17 +40,16 @@ from fsgan_fast.losses import (
     r1_class_penalty,
 )
 from fsgan_fast.models.lofgan import LoFGAN, LoFGANConfig
+from fsgan_fast.train.base import GANTrainer, RunDir, RunOptions, TrainConfig, resume_trainer
 from fsgan_fast.train.loop import (
-    AMP_MODES,
+    CheckpointError,
     DistEnv,
     LoopConfig,
-    Precision,
+    RunError,
     broadcast_module,
     constant_then_linear,
-    ema_update,
     fit,
     load_checkpoint,
-    optimizer_step,
     setup_distributed,
 )
 from fsgan_fast.utils.images import make_grid
@@ -84,48 +84,60 @@ PRESETS = {
 
 
 @dataclasses.dataclass
-class LoFGANTrainConfig:
-    """Optimisation settings; the defaults are the official ones (batch 8, 100k iterations).
+class LoFGANLossWeights:
+    """LoFGAN's loss weights (official configs).
+
+    D: ``adv * hinge_d + cls_d * CE(real) + gp * r1_class_penalty``;
+    G: ``adv * hinge_g + cls_g * CE(fake) + local * local_reconstruction``.
+    """
+
+    adv: float = option(1.0, "weight of the hinge adversarial losses", low=0.0)
+    cls_d: float = option(1.0, "weight of D's class loss on real images", low=0.0)
+    cls_g: float = option(1.0, "weight of G's class loss on fakes", low=0.0)
+    local: float = option(0.5, "weight of G's local reconstruction loss", low=0.0)
+    gp: float = option(10.0, "weight of D's R1 penalty on the true-class logit", low=0.0)
+
+    def __post_init__(self) -> None:
+        configs.validate(self)
+
+
+@dataclasses.dataclass
+class LoFGANTrainConfig(TrainConfig):
+    """LoFGAN's training recipe; the defaults are the official ones (batch 8, 100k iterations, Adam 1e-4).
 
     ``batch`` is per process under torchrun. ``ema``: decay of an EMA copy of G (0 = off).
     ``recon``: ``"nearest"`` (official) or ``"area"`` downsampling in the local reconstruction loss.
     ``decay_start``: fraction of ``iters`` after which the lr decays linearly to 0.
     """
 
-    iters: int = 100_000
-    batch: int = 8
-    lr: float = 1e-4
-    betas: tuple[float, float] = (0.9, 0.999)
-    weight_decay: float = 1e-4
-    decay_start: float = 0.5
-    amp: str = "none"
-    ema: float = 0.0
-    recon: str = "nearest"
-    flip: bool = False
-    compile: bool = False
-    weights: LoFGANLossWeights = dataclasses.field(default_factory=LoFGANLossWeights)
+    iters: int = option(100_000, "training steps (one D step + one G step each)", low=1)
+    batch: int = option(8, "episodes per step (per process under torchrun)", low=1)
+    lr: float = option(1e-4, "Adam learning rate of G and D; constant for the first decay_start of the run, "
+                       "then linear decay to 0", low=0.0, low_open=True)
+    betas: tuple[float, float] = option((0.9, 0.999), "Adam betas", low=0.0, high=1.0, high_open=True)
+    amp: Literal["none", "bf16", "fp16"] = option(
+        "none", "mixed precision: bf16 autocast (recommended on GPUs), or fp16 autocast with loss scaling (D's "
+        "pass over the real images, which the R1 penalty differentiates twice, stays fp32)")
+    compile: bool = option(False, "torch.compile G and D (D's penalty pass stays eager)")
+    weight_decay: float = option(1e-4, "Adam weight decay", low=0.0)
+    decay_start: float = option(0.5, "fraction of the run after which the lr decays linearly to 0", low=0.0, high=1.0)
+    recon: Literal["nearest", "area"] = option(
+        "nearest", "downsampling in the local reconstruction loss: nearest (official) or area (cell means)")
+    flip: bool = option(False, "random horizontal flips of the shots (off officially)")
+    weights: LoFGANLossWeights = option(help="loss weights", factory=LoFGANLossWeights, prefix="w")
+    seen: int | None = option(None, "number of seen (training) classes; the rest are held out (default: 80%)", low=1)
+    split: Literal["random", "first"] = option(
+        "random", "seen classes: a seeded random choice, or the first --seen ones (official .npy files: flower 85, "
+        "animal 119, vggface 1802)")
 
     def __post_init__(self) -> None:
-        if isinstance(self.weights, dict):
-            self.weights = LoFGANLossWeights(**self.weights)
-        self.betas = tuple(self.betas)
-        if self.batch < 1 or self.iters < 1:
-            raise ValueError(f"batch and iters must be >= 1, got {self.batch} and {self.iters}")
-        if not 0.0 <= self.ema < 1.0:
-            raise ValueError(f"ema decay must lie in [0, 1) (0 = off), got {self.ema}")
-        if not 0.0 <= self.decay_start <= 1.0:
-            raise ValueError(f"decay_start must lie in [0, 1], got {self.decay_start}")
-        if self.amp not in AMP_MODES:
-            raise ValueError(f"amp must be one of {AMP_MODES}, got {self.amp!r}")
-        if self.recon not in RECON_MODES:
-            raise ValueError(f"recon must be one of {RECON_MODES}, got {self.recon!r}")
-
-    def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
+        if isinstance(self.weights, dict):  # checkpoints and config.json hold it as a dict
+            self.weights = configs.from_dict(LoFGANLossWeights, self.weights)
+        super().__post_init__()
 
 
-class LoFGANTrainer:
-    """Optimisers, lr schedule, precision and the D/G steps of one LoFGAN (a :class:`~fsgan_fast.train.loop.Trainer`).
+class LoFGANTrainer(GANTrainer):
+    """Optimisers, lr schedule, precision and the D/G steps of one LoFGAN (on :class:`~fsgan_fast.train.base.GANTrainer`).
 
     ``generator`` (on the model's device) supplies the fusion randomness; share it with the
     :class:`~fsgan_fast.data.EpisodeSampler` so one checkpointed stream drives the whole run.
@@ -144,25 +156,16 @@ class LoFGANTrainer:
         preview: Tensor | None = None,
         preview_seed: int = 0,
     ):
-        self.model, self.cfg, self.generator, self.env = model, cfg, generator, env
-        device = generator.device
-        model.to(device).train()
+        super().__init__(model, cfg, generator, env=env)
+        model.to(self.device).train()
         if cfg.ema > 0 and model.gen_ema is None:
             model.enable_ema()
         broadcast_module(model, env.world_size)
-
-        def adam(params):
-            # fused: one kernel for all of a net's parameters on the GPU (D has dozens of tensors)
-            return torch.optim.Adam(
-                params, lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay, fused=device.type == "cuda" or None
-            )
-
-        self.opt_g, self.opt_d = adam(model.gen.parameters()), adam(model.dis.parameters())
+        self.opt_d = self.add_optimizer("d", model.dis.parameters(), weight_decay=cfg.weight_decay)
+        self.opt_g = self.add_optimizer("g", model.gen.parameters(), weight_decay=cfg.weight_decay)
+        self.scaler_g, self.scaler_d = self.scalers["g"], self.scalers["d"]
         # the lr is a pure function of the step (no scheduler state), so a resumed run may change iters
         self.lr_factor = constant_then_linear(cfg.iters, int(cfg.iters * cfg.decay_start))
-        self.step = 0  # iterations done
-        self.precision = Precision(cfg.amp, device)
-        self.scaler_g, self.scaler_d = self.precision.scaler(), self.precision.scaler()
         # torch.compile cannot differentiate its graphs twice, so D's penalty forward stays eager
         self.gen_fwd = torch.compile(model.gen) if cfg.compile else model.gen
         self.dis_fwd_g = torch.compile(model.dis) if cfg.compile else model.dis
@@ -224,22 +227,18 @@ class LoFGANTrainer:
 
     def train_step(self, batch: tuple[Tensor, Tensor]) -> dict[str, Tensor]:
         xs, labels = batch
-        lr = self.cfg.lr * self.lr_factor(self.step)
-        for opt in (self.opt_d, self.opt_g):
-            for group in opt.param_groups:
-                group["lr"] = lr
+        self.set_lr(self.cfg.lr * self.lr_factor(self.step))
         with torch.no_grad(), self.precision.autocast():
             fake, _ = self.gen_fwd(xs, self.generator, **self._drawn_fusion(xs))
         d = self.d_losses(xs, labels, fake)
-        optimizer_step(d["d_total"], self.opt_d, self.scaler_d, self.env.world_size)
+        self.optimizer_step("d", d["d_total"])
         self.model.dis.requires_grad_(False)  # G's step needs no D gradients
         try:
             g = self.g_losses(xs, labels)
-            optimizer_step(g["g_total"], self.opt_g, self.scaler_g, self.env.world_size)
+            self.optimizer_step("g", g["g_total"])
         finally:
             self.model.dis.requires_grad_(True)
-        if self.model.gen_ema is not None:
-            ema_update(self.model.gen_ema, self.model.gen, self.cfg.ema)
+        self.update_ema()
         self.step += 1
         return {k: v.detach() for k, v in {**d, **g}.items()}
 
@@ -256,34 +255,12 @@ class LoFGANTrainer:
         rows = [torch.cat([shots, self.model.generate(shots, n, g)]) for shots in self.preview]
         return make_grid(torch.cat(rows).float(), nrow=self.preview.shape[1] + n)
 
-    def state_dict(self) -> dict:
-        return {
-            "config": self.model.cfg.to_dict(),
-            "train": self.cfg.to_dict(),
-            "model": self.model.state_dict(),
-            "opt_g": self.opt_g.state_dict(),
-            "opt_d": self.opt_d.state_dict(),
-            "step": self.step,
-            "scaler_g": self.scaler_g.state_dict(),
-            "scaler_d": self.scaler_d.state_dict(),
-        }
-
     def load_state_dict(self, state: dict) -> None:
-        if state["config"] != self.model.cfg.to_dict():
-            raise ValueError(
-                f"the checkpoint's model config {state['config']} differs from this model's {self.model.cfg.to_dict()}"
-            )
-        model_state = state["model"]
-        if not any(k.startswith("gen_ema.") for k in model_state):
+        if "model" in state and not any(k.startswith("gen_ema.") for k in state["model"]):
             self.model.gen_ema = None  # the checkpoint has no EMA: start one from its G below if asked
-        self.model.load_state_dict(model_state)
+        super().load_state_dict(state)
         if self.cfg.ema > 0 and self.model.gen_ema is None:
             self.model.enable_ema()
-        self.opt_g.load_state_dict(state["opt_g"])
-        self.opt_d.load_state_dict(state["opt_d"])
-        self.step = int(state["step"])
-        self.scaler_g.load_state_dict(state["scaler_g"])
-        self.scaler_d.load_state_dict(state["scaler_d"])
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -292,10 +269,10 @@ class LoFGANTrainer:
 
 def load_lofgan(path: str | os.PathLike, device: torch.device | str = "cpu") -> LoFGAN:
     """The LoFGAN (G, D and EMA G when trained with one) of a checkpoint, in eval mode."""
+    from fsgan_fast.models.registry import model_from_state
+
     state = load_checkpoint(path, "lofgan")
-    model = LoFGAN(LoFGANConfig.from_dict(state["trainer"]["config"]))
-    model.load_state_dict(state["trainer"]["model"])
-    return model.to(device).eval()
+    return model_from_state(state, source=repr(str(path))).to(device).eval()
 
 
 def preview_shots(data: ImageClasses, classes: list[int], shots: int, seed: int) -> Tensor:
@@ -308,70 +285,91 @@ def preview_shots(data: ImageClasses, classes: list[int], shots: int, seed: int)
     return torch.stack(rows)
 
 
+def _class_split(path: Path, names: list[str], resume: bool, cfg: LoFGANTrainConfig) -> ClassSplit:
+    if resume and path.exists():
+        try:
+            return ClassSplit.load(path, names)
+        except (ValueError, KeyError, TypeError, OSError) as e:
+            raise RunError(f"{str(path)!r} is damaged or does not fit the data ({e}); restore it, or start a new run "
+                           "(the split decides which classes the checkpoint was trained on)") from None
+    return split_classes(names, cfg.seen, mode=cfg.split, seed=cfg.seed)
+
+
+def train_run(run: RunOptions, model_cfg: LoFGANConfig, train_cfg: LoFGANTrainConfig) -> Path:
+    """A whole LoFGAN run: data, split, model and trainer checked before anything is written, then :func:`fit`.
+
+    The seen/unseen class split is drawn once (``train_cfg.split``: ``"random"`` with the seed, or
+    ``"first"`` for the official ``.npy`` files) and saved as ``out/split.json``; resuming reuses it.
+    ``model_cfg.n_classes`` is set to the number of seen classes. Returns the checkpoint path. Under
+    ``torchrun`` every process runs this; each draws its own episodes (seed + rank), rank 0 writes files.
+    """
+    out = Path(run.out)
+    resume = run.resume_path
+    run_dir = RunDir(out, resume=resume, overwrite=run.overwrite)
+    run_dir.check()
+    env, dev = setup_distributed(run.device)
+    run_dir.env = env
+    classes = load_classes(run.data, model_cfg.size, seed=train_cfg.seed)
+    split_path = out / "split.json"
+    class_split = _class_split(split_path, classes.names, resume is not None, train_cfg)
+    train_data = classes.select(class_split.seen)
+    train_data.check_shots(model_cfg.shots)
+    model_cfg = dataclasses.replace(model_cfg, n_classes=train_data.num_classes)
+
+    # the same initial weights on every process; a different episode stream per process
+    torch.manual_seed(train_cfg.seed)
+    model = LoFGAN(model_cfg)
+    generator = torch.Generator(dev).manual_seed(train_cfg.seed + env.rank)
+    sampler = EpisodeSampler(
+        train_data.to(dev), train_cfg.batch, model_cfg.shots, generator=generator, flip=train_cfg.flip
+    )
+    # preview: up to 4 seen classes, then up to 4 unseen ones (few-shot generalisation at a glance)
+    seed = train_cfg.seed
+    rows = [preview_shots(train_data, list(range(min(4, train_data.num_classes))), model_cfg.shots, seed)]
+    unseen = classes.select(class_split.unseen) if class_split.unseen else None
+    if unseen is not None:
+        usable = [c for c in range(unseen.num_classes) if unseen.counts[c] >= model_cfg.shots][:4]
+        if usable:
+            rows.append(preview_shots(unseen, usable, model_cfg.shots, seed))
+    trainer = LoFGANTrainer(model, train_cfg, generator, env=env, preview=torch.cat(rows).to(dev), preview_seed=seed)
+    start = resume_trainer(trainer, resume, env) if resume is not None else 0
+
+    # everything is valid: now write
+    settings = {"model": "lofgan", "data": run.data, "model_config": model_cfg.to_dict(),
+                "train_config": train_cfg.to_dict(), "world_size": env.world_size}
+    run_dir.start(settings, {"split.json": json.dumps(class_split.to_dict(), indent=1)})
+    loop = LoopConfig(out, train_cfg.iters, log_every=train_cfg.log_every, sample_every=train_cfg.sample_every,
+                      ckpt_every=train_cfg.ckpt_every, progress=run.progress)
+    fit(trainer, sampler, loop, env, start=start)
+    return out / "checkpoint.pt"
+
+
 def train_lofgan(
     data: str,
     out: str | os.PathLike,
     model_cfg: LoFGANConfig,
     train_cfg: LoFGANTrainConfig,
     *,
-    seen: int | None = None,
-    split: str = "random",
-    seed: int = 0,
     device: str | None = None,
     resume: str | os.PathLike | None = None,
-    log_every: int = 10,
-    sample_every: int = 500,
-    ckpt_every: int = 1000,
+    overwrite: bool = False,
     progress: bool = True,
+    **train_overrides,
 ) -> Path:
     """Train LoFGAN on ``data`` (``"builtin"``, a ``.npy`` file or a folder of class folders) into ``out``.
 
-    The seen/unseen class split is drawn once (``split``: ``"random"`` with ``seed``, or ``"first"``
-    for the official ``.npy`` files) and saved as ``out/split.json``; resuming reuses it.
-    ``model_cfg.n_classes`` is set to the number of seen classes. ``out/config.json`` records the
-    settings. Returns the checkpoint path. Under ``torchrun`` every process runs this; each draws
-    its own episodes (seed + rank) and rank 0 writes the files.
+    The Python form of ``fsgan-fast train lofgan``: :func:`train_run` with the run options spelled out.
+    ``train_overrides`` replace fields of ``train_cfg`` (``seed=``, ``seen=``, ``split=``, ``log_every=``,
+    ``sample_every=``, ``ckpt_every=``). A resumed run keeps the checkpoint's model config.
     """
-    env, dev = setup_distributed(device)
-    out = Path(out)
+    if train_overrides:
+        train_cfg = dataclasses.replace(train_cfg, **train_overrides)
     if resume is not None:  # the architecture comes from the checkpoint
         model_cfg = LoFGANConfig.from_dict(load_checkpoint(resume, "lofgan")["trainer"]["config"])
-    classes = load_classes(data, model_cfg.size, seed=seed)
-    split_path = out / "split.json"
-    if resume is not None and split_path.exists():
-        class_split = ClassSplit.load(split_path, classes.names)
-    else:
-        class_split = split_classes(classes.names, seen, mode=split, seed=seed)
-    train_data = classes.select(class_split.seen)
-    train_data.check_shots(model_cfg.shots)
-    model_cfg = dataclasses.replace(model_cfg, n_classes=train_data.num_classes)
-    if env.is_main:
-        out.mkdir(parents=True, exist_ok=True)
-        class_split.save(split_path)
-        settings = {"data": data, "seed": seed, "model": model_cfg.to_dict(), "train": train_cfg.to_dict(),
-                    "world_size": env.world_size}
-        (out / "config.json").write_text(json.dumps(settings, indent=1))
-
-    # the same initial weights on every process; a different episode stream per process
-    torch.manual_seed(seed)
-    model = LoFGAN(model_cfg)
-    generator = torch.Generator(dev).manual_seed(seed + env.rank)
-    sampler = EpisodeSampler(
-        train_data.to(dev), train_cfg.batch, model_cfg.shots, generator=generator, flip=train_cfg.flip
-    )
-    # preview: up to 4 seen classes, then up to 4 unseen ones (few-shot generalisation at a glance)
-    seen_rows = preview_shots(train_data, list(range(min(4, train_data.num_classes))), model_cfg.shots, seed)
-    unseen = classes.select(class_split.unseen) if class_split.unseen else None
-    rows = [seen_rows]
-    if unseen is not None:
-        usable = [c for c in range(unseen.num_classes) if unseen.counts[c] >= model_cfg.shots][:4]
-        if usable:
-            rows.append(preview_shots(unseen, usable, model_cfg.shots, seed))
-    trainer = LoFGANTrainer(model, train_cfg, generator, env=env, preview=torch.cat(rows).to(dev), preview_seed=seed)
-    loop = LoopConfig(out, train_cfg.iters, log_every=log_every, sample_every=sample_every, ckpt_every=ckpt_every,
-                      progress=progress)
-    fit(trainer, sampler, loop, env, resume=resume)
-    return out / "checkpoint.pt"
+    run = RunOptions(data=str(data), out=str(out), resume=None if resume is None else str(resume),
+                     overwrite=overwrite, device=device, progress=progress)
+    return train_run(run, model_cfg, train_cfg)
 
 
-__all__ = ["PRESETS", "LoFGANTrainConfig", "LoFGANTrainer", "load_lofgan", "preview_shots", "train_lofgan"]
+__all__ = ["PRESETS", "LoFGANLossWeights", "LoFGANTrainConfig", "LoFGANTrainer", "load_lofgan", "preview_shots",
+           "train_lofgan", "train_run"]

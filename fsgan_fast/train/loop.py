@@ -35,6 +35,10 @@ class CheckpointError(ValueError):
     """The checkpoint is missing, unreadable, or belongs to another model."""
 
 
+class RunError(ValueError):
+    """A run cannot start or continue as asked (folder, device, resume point); printed as one line by the CLI."""
+
+
 # ---------------------------------------------------------------------------------------------------
 # Processes and devices
 
@@ -68,10 +72,13 @@ def setup_distributed(device: str | None = None) -> tuple[DistEnv, torch.device]
     env = DistEnv.from_environ()
     if device is None:
         device = "cuda" if torch.cuda.is_available() else "cpu"
-    dev = torch.device(device)
+    try:
+        dev = torch.device(device)
+    except RuntimeError as e:
+        raise RunError(f"device {device!r}: {e}") from None
     if dev.type == "cuda":
         if not torch.cuda.is_available():
-            raise RuntimeError(f"device {device!r} requested but CUDA is not available here")
+            raise RunError(f"device {device!r} requested but torch sees no CUDA device here (use --device cpu)")
         if dev.index is None:
             dev = torch.device("cuda", env.local_rank)
         torch.cuda.set_device(dev)
@@ -266,13 +273,28 @@ class LoopConfig:
 
 
 class MetricsLog:
-    """Appends JSON lines to ``path``; on resume, drops lines past the checkpoint's step first."""
+    """Appends JSON lines to ``path``; on resume, drops lines past the checkpoint's step first.
+
+    A line that does not parse (the half-written last line of a killed run) is dropped with a warning.
+    """
 
     def __init__(self, path: Path, start_step: int):
         self.path = path
         kept = []
         if start_step > 0 and path.exists():
-            kept = [line for line in path.read_text().splitlines() if line and json.loads(line)["step"] <= start_step]
+            dropped = 0
+            for line in path.read_text(errors="replace").splitlines():
+                try:
+                    record = json.loads(line)
+                    keep = int(record["step"]) <= start_step
+                except (ValueError, KeyError, TypeError):
+                    dropped += 1 if line.strip() else 0
+                    continue
+                if keep:
+                    kept.append(line)
+            if dropped:
+                warnings.warn(f"{path}: dropped {dropped} unreadable line(s) (a run killed while writing?)",
+                              RuntimeWarning, stacklevel=2)
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text("".join(line + "\n" for line in kept))
 
@@ -324,51 +346,86 @@ def _flush(window: dict[str, list[Tensor]]) -> dict[str, float]:
     return dict(zip(keys, means))
 
 
+class TrainingInterrupted(KeyboardInterrupt):
+    """Ctrl-C during :func:`fit`: says where the run stopped and which checkpoint is intact."""
+
+    def __init__(self, step: int, checkpoint: Path | None, checkpoint_step: int | None):
+        self.step, self.checkpoint, self.checkpoint_step = step, checkpoint, checkpoint_step
+        where = (f"{self.checkpoint} (step {checkpoint_step}) is intact: resume with --resume"
+                 if checkpoint is not None else "no checkpoint was written yet")
+        super().__init__(f"interrupted at step {step}; {where}")
+
+
 def fit(
     trainer: Trainer,
     sampler: Sampler,
     cfg: LoopConfig,
     env: DistEnv = DistEnv(),
     resume: str | os.PathLike | None = None,
+    *,
+    start: int | None = None,
 ) -> int:
     """Train until ``cfg.iters`` steps, optionally resuming from a checkpoint; returns the last step.
 
-    Only rank 0 writes files and shows progress (its own losses: they are not averaged over processes,
-    which would cost a collective per log line). A checkpoint is written every ``ckpt_every`` steps and
-    at the end; resuming from it replays the uninterrupted run exactly on the CPU (networks, optimisers,
+    ``start``: the step a trainer already restored (see :func:`fsgan_fast.train.base.resume_trainer`)
+    continues from; else ``resume`` names a checkpoint to restore here. Only rank 0 writes files and
+    shows progress (its own losses: they are not averaged over processes, which would cost a collective
+    per log line). A checkpoint is written every ``ckpt_every`` steps, at the end of every stage and at
+    the end; resuming from it replays the uninterrupted run exactly on the CPU (networks, optimisers,
     schedules, scalers, EMA and every random stream are restored). On GPUs, non-deterministic kernels
-    can make a resumed run drift from an uninterrupted one.
+    can make a resumed run drift from an uninterrupted one. Trainers with stages (``stage_bounds()``)
+    get ``begin_stage(i)`` before the first step of stage ``i``. Ctrl-C raises
+    :class:`TrainingInterrupted` naming the last intact checkpoint (checkpoints are written atomically).
     """
-    start = 0
-    if resume is not None:
-        start = restore_checkpoint(trainer, load_checkpoint(resume, trainer.name), env)
+    if start is None:
+        start = 0
+        if resume is not None:
+            start = restore_checkpoint(trainer, load_checkpoint(resume, trainer.name), env)
+    bounds = trainer.stage_bounds() if hasattr(trainer, "stage_bounds") else [(0, cfg.iters)]
+    stage_of_start = {b[0]: i for i, b in enumerate(bounds)}
+    stage_ends = {b[1] for b in bounds}
     ckpt_path = cfg.out / "checkpoint.pt"
     log = MetricsLog(cfg.out / "metrics.jsonl", start) if env.is_main else None
     show = cfg.progress and env.is_main
     bar = tqdm(total=cfg.iters, initial=start, desc=trainer.name, dynamic_ncols=True, disable=not show)
     window: dict[str, list[Tensor]] = {}
     t_window, n_window = time.perf_counter(), 0
-    for step in range(start, cfg.iters):
-        losses = trainer.train_step(sampler.sample())
-        if cfg.log_every:
-            for k, v in losses.items():
-                window.setdefault(k, []).append(v)
-        done, n_window = step + 1, n_window + 1
-        bar.update(1)
-        last = done == cfg.iters
-        if window and cfg.log_every and (done % cfg.log_every == 0 or last):
-            means = _flush(window)
-            elapsed = time.perf_counter() - t_window
-            if log is not None:
-                log.write({"step": done, "lr": trainer.lr(), "it_s": n_window / elapsed, "time": time.time(), **means})
-            bar.set_postfix({k: f"{v:.3g}" for k, v in means.items()}, refresh=False)
-            window, t_window, n_window = {}, time.perf_counter(), 0
-        if env.is_main and ((cfg.sample_every and done % cfg.sample_every == 0) or last):
-            save_image(trainer.sample_grid(), cfg.out / "samples" / f"step_{done:07d}.png")
-        if (cfg.ckpt_every and done % cfg.ckpt_every == 0) or last:
-            state = checkpoint_state(trainer, done, env)
-            if state is not None:
-                save_checkpoint(ckpt_path, state)
+    saved: int | None = start if resume is not None or start > 0 else None
+    done = start
+    try:
+        for step in range(start, cfg.iters):
+            index = stage_of_start.get(step)
+            # a fresh stage; on resume, the checkpoint's stage was already begun by load_state_dict
+            if index is not None and hasattr(trainer, "begin_stage") and getattr(trainer, "begun_stage", None) != index:
+                trainer.begin_stage(index)
+                if len(bounds) > 1:
+                    bar.set_description(f"{trainer.name} {trainer.stages()[trainer.stage].name}")
+            losses = trainer.train_step(sampler.sample())
+            if cfg.log_every:
+                for k, v in losses.items():
+                    window.setdefault(k, []).append(v)
+            done, n_window = step + 1, n_window + 1
+            bar.update(1)
+            last = done == cfg.iters
+            if window and cfg.log_every and (done % cfg.log_every == 0 or last):
+                means = _flush(window)
+                elapsed = time.perf_counter() - t_window
+                if log is not None:
+                    log.write({"step": done, "lr": trainer.lr(), "it_s": n_window / elapsed, "time": time.time(),
+                               **means})
+                bar.set_postfix({k: f"{v:.3g}" for k, v in means.items()}, refresh=False)
+                window, t_window, n_window = {}, time.perf_counter(), 0
+            stage_end = done in stage_ends and len(bounds) > 1
+            if env.is_main and ((cfg.sample_every and done % cfg.sample_every == 0) or last or stage_end):
+                save_image(trainer.sample_grid(), cfg.out / "samples" / f"step_{done:07d}.png")
+            if (cfg.ckpt_every and done % cfg.ckpt_every == 0) or last or stage_end:
+                state = checkpoint_state(trainer, done, env)
+                if state is not None:
+                    save_checkpoint(ckpt_path, state)
+                saved = done
+    except KeyboardInterrupt:
+        bar.close()
+        raise TrainingInterrupted(done, ckpt_path if saved is not None else None, saved) from None
     bar.close()
     return cfg.iters
 
@@ -377,6 +434,8 @@ __all__ = [
     "AMP_MODES",
     "CheckpointError",
     "DistEnv",
+    "RunError",
+    "TrainingInterrupted",
     "LoopConfig",
     "MetricsLog",
     "Precision",
