@@ -34,7 +34,7 @@ class GeneratorGraph:
     ``module(*inputs)`` returns ``images [B, 3, S, S]`` in [-1, 1]. ``input_names`` name the inputs in
     order; ``batch_inputs`` are those whose axis 0 is the batch (dynamic in every export); the others have
     fixed shapes. ``sample(B, generator, device)`` draws inputs for a batch of B (the conditioning
-    inputs, e.g. LoFGAN's shots, are random images there: replace them with real ones; floats come in
+    inputs, e.g. a few-shot model's images, are random there: replace them with real ones; floats come in
     float32, :meth:`example_inputs` casts them to the module's dtype). ``metadata`` (str -> str) is stored in every exported artifact.
     """
 
@@ -167,7 +167,7 @@ def parse_batch_range(text: str) -> tuple[int, int, int]:
 def generator_graph(model: nn.Module, **options) -> GeneratorGraph:
     """The :class:`GeneratorGraph` of a model, built by its registry spec's ``graph`` (see ``fsgan_fast.models``).
 
-    ``options`` are the model's export options (LoFGAN: ``single_episode``, ``use_ema``). The model is
+    ``options`` are the model's export options (the fields of its spec's ``export_options``). The model is
     copied (eval mode, no grad); its dtype and device are kept.
     """
     from fsgan_fast.models import registry

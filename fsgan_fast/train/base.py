@@ -279,12 +279,12 @@ class GANTrainer:
             if key not in state:
                 raise CheckpointError(f"the checkpoint's trainer state has no {key!r} entry (damaged or not written "
                                       "by this trainer)")
-        model_diff = configs.differences(state["config"], configs.to_dict(self.model.cfg))
+        # through JSON: checkpoints of older versions hold tuples where to_dict now gives lists
+        model_diff = configs.differences(_plain(state["config"]), configs.to_dict(self.model.cfg))
         if model_diff:
             raise CheckpointError("the checkpoint's model differs from this one in " + _describe_diff(model_diff)
                                   + ": a resumed run keeps its model (drop these options, or start a new run)")
-        saved_train = dict(state["train"])
-        saved_train = _upgrade_train(saved_train, self.cfg)
+        saved_train = _upgrade_train(_plain(state["train"]), self.cfg)
         train_diff = {k: v for k, v in configs.differences(saved_train, self.cfg.to_dict()).items()
                       if k.split(".")[0] not in type(self.cfg).RESUMABLE}
         if train_diff:
@@ -305,6 +305,10 @@ class GANTrainer:
             self.scalers[key].load_state_dict(state[f"scaler_{key}"])
         self.step = int(state["step"])
         self.load_extra_state(state)
+
+
+def _plain(d: dict[str, Any]) -> dict[str, Any]:
+    return json.loads(json.dumps(d))
 
 
 def _describe_diff(diff: dict[str, tuple[Any, Any]]) -> str:
@@ -331,6 +335,33 @@ def resume_trainer(trainer: GANTrainer, path: str | os.PathLike, env: DistEnv = 
     return start
 
 
+def launch(run: RunOptions, train_cfg: TrainConfig, setup) -> Path:
+    """Run a whole training job: check the run folder, set up the processes, build, resume, write, fit.
+
+    ``setup(env, device, run_dir) -> (trainer, sampler, extra_files)`` loads the data and builds the model
+    and trainer (everything that can fail on bad input); ``extra_files`` (``{name: text}``) are written
+    beside ``config.json`` (LoFGAN: its class split). Nothing is written before ``setup`` and the resume
+    check have passed. Returns the checkpoint path.
+    """
+    from fsgan_fast.train.loop import LoopConfig, fit, setup_distributed
+
+    out = Path(run.out)
+    resume = run.resume_path
+    run_dir = RunDir(out, resume=resume, overwrite=run.overwrite)
+    run_dir.check()
+    env, device = setup_distributed(run.device)
+    run_dir.env = env
+    trainer, sampler, extra = setup(env, device, run_dir)
+    start = resume_trainer(trainer, resume, env) if resume is not None else 0
+    record = {"model": trainer.name, "data": run.data, "model_config": configs.to_dict(trainer.model.cfg),
+              "train_config": train_cfg.to_dict(), "world_size": env.world_size}
+    run_dir.start(record, extra)
+    loop = LoopConfig(out, trainer.total_iters(), log_every=train_cfg.log_every, sample_every=train_cfg.sample_every,
+                      ckpt_every=train_cfg.ckpt_every, progress=run.progress)
+    fit(trainer, sampler, loop, env, start=start)
+    return out / "checkpoint.pt"
+
+
 def resolve_device(device: str | None) -> None:
     """Clear error for a device this machine does not have (before anything is built or written)."""
     if device is None:
@@ -347,5 +378,5 @@ def resolve_device(device: str | None) -> None:
         raise RunError(f"--device must be cpu or cuda[:N], got {device!r}")
 
 
-__all__ = ["TrainConfig", "RunOptions", "RunDir", "Stage", "GANTrainer", "resume_trainer", "resolve_device",
+__all__ = ["TrainConfig", "RunOptions", "RunDir", "Stage", "GANTrainer", "launch", "resume_trainer", "resolve_device",
            "RUN_FILES"]

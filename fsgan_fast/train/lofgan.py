@@ -15,7 +15,8 @@ One iteration, as the official ``dis_update`` then ``gen_update``:
 With reals and fakes in one D forward and the unused forward skipped, an iteration runs D twice where
 the official code runs it four times, so D's spectral-norm power iteration advances half as often.
 
-:func:`train_lofgan` builds the whole run (data, split, model, trainer) and calls :func:`fit`.
+:func:`train_run` (the CLI's) and :func:`train_lofgan` (its Python form) build the whole run (data, split,
+model, trainer) on :func:`fsgan_fast.train.base.launch`.
 """
 
 from __future__ import annotations
@@ -40,18 +41,8 @@ from fsgan_fast.losses import (
     r1_class_penalty,
 )
 from fsgan_fast.models.lofgan import LoFGAN, LoFGANConfig
-from fsgan_fast.train.base import GANTrainer, RunDir, RunOptions, TrainConfig, resume_trainer
-from fsgan_fast.train.loop import (
-    CheckpointError,
-    DistEnv,
-    LoopConfig,
-    RunError,
-    broadcast_module,
-    constant_then_linear,
-    fit,
-    load_checkpoint,
-    setup_distributed,
-)
+from fsgan_fast.train.base import GANTrainer, RunDir, RunOptions, TrainConfig, launch
+from fsgan_fast.train.loop import DistEnv, RunError, broadcast_module, constant_then_linear, load_checkpoint
 from fsgan_fast.utils.images import make_grid
 
 
@@ -296,52 +287,39 @@ def _class_split(path: Path, names: list[str], resume: bool, cfg: LoFGANTrainCon
 
 
 def train_run(run: RunOptions, model_cfg: LoFGANConfig, train_cfg: LoFGANTrainConfig) -> Path:
-    """A whole LoFGAN run: data, split, model and trainer checked before anything is written, then :func:`fit`.
+    """A whole LoFGAN run (:func:`fsgan_fast.train.base.launch`): data, split, model and trainer, then the loop.
 
     The seen/unseen class split is drawn once (``train_cfg.split``: ``"random"`` with the seed, or
     ``"first"`` for the official ``.npy`` files) and saved as ``out/split.json``; resuming reuses it.
     ``model_cfg.n_classes`` is set to the number of seen classes. Returns the checkpoint path. Under
     ``torchrun`` every process runs this; each draws its own episodes (seed + rank), rank 0 writes files.
     """
-    out = Path(run.out)
-    resume = run.resume_path
-    run_dir = RunDir(out, resume=resume, overwrite=run.overwrite)
-    run_dir.check()
-    env, dev = setup_distributed(run.device)
-    run_dir.env = env
-    classes = load_classes(run.data, model_cfg.size, seed=train_cfg.seed)
-    split_path = out / "split.json"
-    class_split = _class_split(split_path, classes.names, resume is not None, train_cfg)
-    train_data = classes.select(class_split.seen)
-    train_data.check_shots(model_cfg.shots)
-    model_cfg = dataclasses.replace(model_cfg, n_classes=train_data.num_classes)
 
-    # the same initial weights on every process; a different episode stream per process
-    torch.manual_seed(train_cfg.seed)
-    model = LoFGAN(model_cfg)
-    generator = torch.Generator(dev).manual_seed(train_cfg.seed + env.rank)
-    sampler = EpisodeSampler(
-        train_data.to(dev), train_cfg.batch, model_cfg.shots, generator=generator, flip=train_cfg.flip
-    )
-    # preview: up to 4 seen classes, then up to 4 unseen ones (few-shot generalisation at a glance)
-    seed = train_cfg.seed
-    rows = [preview_shots(train_data, list(range(min(4, train_data.num_classes))), model_cfg.shots, seed)]
-    unseen = classes.select(class_split.unseen) if class_split.unseen else None
-    if unseen is not None:
-        usable = [c for c in range(unseen.num_classes) if unseen.counts[c] >= model_cfg.shots][:4]
-        if usable:
-            rows.append(preview_shots(unseen, usable, model_cfg.shots, seed))
-    trainer = LoFGANTrainer(model, train_cfg, generator, env=env, preview=torch.cat(rows).to(dev), preview_seed=seed)
-    start = resume_trainer(trainer, resume, env) if resume is not None else 0
+    def setup(env: DistEnv, dev: torch.device, run_dir: RunDir):
+        classes = load_classes(run.data, model_cfg.size, seed=train_cfg.seed)
+        class_split = _class_split(run_dir.path / "split.json", classes.names, run.resume is not None, train_cfg)
+        train_data = classes.select(class_split.seen)
+        train_data.check_shots(model_cfg.shots)
+        cfg = dataclasses.replace(model_cfg, n_classes=train_data.num_classes)
+        # the same initial weights on every process; a different episode stream per process
+        torch.manual_seed(train_cfg.seed)
+        model = LoFGAN(cfg)
+        generator = torch.Generator(dev).manual_seed(train_cfg.seed + env.rank)
+        sampler = EpisodeSampler(train_data.to(dev), train_cfg.batch, cfg.shots, generator=generator,
+                                 flip=train_cfg.flip)
+        # preview: up to 4 seen classes, then up to 4 unseen ones (few-shot generalisation at a glance)
+        seed = train_cfg.seed
+        rows = [preview_shots(train_data, list(range(min(4, train_data.num_classes))), cfg.shots, seed)]
+        unseen = classes.select(class_split.unseen) if class_split.unseen else None
+        if unseen is not None:
+            usable = [c for c in range(unseen.num_classes) if unseen.counts[c] >= cfg.shots][:4]
+            if usable:
+                rows.append(preview_shots(unseen, usable, cfg.shots, seed))
+        trainer = LoFGANTrainer(model, train_cfg, generator, env=env, preview=torch.cat(rows).to(dev),
+                                preview_seed=seed)
+        return trainer, sampler, {"split.json": json.dumps(class_split.to_dict(), indent=1)}
 
-    # everything is valid: now write
-    settings = {"model": "lofgan", "data": run.data, "model_config": model_cfg.to_dict(),
-                "train_config": train_cfg.to_dict(), "world_size": env.world_size}
-    run_dir.start(settings, {"split.json": json.dumps(class_split.to_dict(), indent=1)})
-    loop = LoopConfig(out, train_cfg.iters, log_every=train_cfg.log_every, sample_every=train_cfg.sample_every,
-                      ckpt_every=train_cfg.ckpt_every, progress=run.progress)
-    fit(trainer, sampler, loop, env, start=start)
-    return out / "checkpoint.pt"
+    return launch(run, train_cfg, setup)
 
 
 def train_lofgan(
