@@ -8,7 +8,6 @@ import pytest
 import torch
 
 from fsgan_fast.losses import (
-    LoFGANLossWeights,
     classification_loss,
     hinge_d_loss,
     hinge_g_loss,
@@ -16,6 +15,7 @@ from fsgan_fast.losses import (
     r1_class_penalty,
 )
 from fsgan_fast.nn import LocalFusionOutput
+from fsgan_fast.train.lofgan import LoFGANLossWeights
 
 
 def rand(*shape: int, seed: int = 0, dtype=torch.float64) -> torch.Tensor:
@@ -185,3 +185,5 @@ def test_r1_class_penalty_bad_input():
 def test_lofgan_loss_weights_defaults():
     w = LoFGANLossWeights()
     assert (w.adv, w.cls_d, w.cls_g, w.local, w.gp) == (1.0, 1.0, 1.0, 0.5, 10.0)
+    with pytest.raises(ValueError, match="gp must be >= 0"):
+        LoFGANLossWeights(gp=-1.0)

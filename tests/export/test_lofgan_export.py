@@ -97,7 +97,7 @@ def test_export_bad_arguments(model, tmp_path):
         export.export_onnx(export.generator_graph(LoFGAN(CFG).double()), tmp_path / "a.onnx")
     with pytest.raises(ValueError, match=r"must end in \.pt2"):
         export.package_aoti(graph, tmp_path / "a.so")
-    with pytest.raises(TypeError, match="no export graph for Linear"):
+    with pytest.raises(TypeError, match="no registered model handles Linear"):
         export.generator_graph(torch.nn.Linear(2, 2))
     with pytest.raises(ValueError, match="min:opt:max"):
         export.parse_batch_range("1:2:3:4")

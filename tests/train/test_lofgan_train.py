@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from fsgan_fast.data import EpisodeSampler, builtin_classes
-from fsgan_fast.losses import LoFGANLossWeights
+from fsgan_fast.train.lofgan import LoFGANLossWeights
 from fsgan_fast.models.lofgan import LoFGAN, LoFGANConfig
 from fsgan_fast.train.lofgan import LoFGANTrainConfig, LoFGANTrainer, load_lofgan, train_lofgan
 from fsgan_fast.train.loop import (
