@@ -138,3 +138,17 @@ def test_export_onnx_and_aoti(run_dir, tmp_path, capsys):
                  "--batch", "2", "--precision", "fp16"]) == 0
     out = capsys.readouterr().out
     assert "eager PyTorch in fp16 has mean |err|" in out and "  ok:" in out
+
+
+def test_info_bench_and_eval_commands(capsys):
+    assert main(["info"]) == 0
+    assert "models: lofgan" in capsys.readouterr().out
+    with pytest.raises(SystemExit) as exit_info:
+        main(["bench", "gpu-only"])
+    assert exit_info.value.code == 2 and "unknown benchmark suite" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exit_info:
+        main(["eval", "lofgan", "--ckpt", "x.pt"])
+    assert exit_info.value.code == 2 and "no evaluation protocol" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exit_info:
+        main(["train", "nosuchgan", "--help"])
+    assert exit_info.value.code == 2 and "invalid choice" in capsys.readouterr().err

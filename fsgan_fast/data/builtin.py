@@ -10,7 +10,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from fsgan_fast.data.classes import ImageClasses
+from fsgan_fast.data.types import ImageClasses
 
 # photos bundled in the scikit-image wheel (no pooch download); grey ones are repeated over RGB
 PHOTOS = (

@@ -10,6 +10,7 @@ from __future__ import annotations
 import concurrent.futures
 import dataclasses
 import json
+import math
 import os
 from pathlib import Path
 from typing import Sequence
@@ -19,107 +20,78 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from fsgan_fast.utils.images import is_image_file, read_image
+from fsgan_fast.data.builtin import builtin_classes
+from fsgan_fast.data.types import DatasetError, ImageClasses
+from fsgan_fast.utils.images import IMAGE_EXTENSIONS, is_image_file, read_image
 
-
-class DatasetError(ValueError):
-    """The dataset is missing, unreadable, or cannot feed the requested episodes."""
-
-
-@dataclasses.dataclass
-class ImageClasses:
-    """Images grouped by class, stored class after class in one ``uint8 [N, 3, S, S]`` tensor.
-
-    Keeping everything in one tensor (on the training device) makes an episode a single gather:
-    no DataLoader, no workers. ``counts[c]`` images of class ``c`` start at ``offsets[c]``.
-    """
-
-    images: Tensor  # [N, 3, S, S] uint8
-    counts: Tensor  # [C] int64
-    names: list[str]
-    source: str = ""
-
-    def __post_init__(self) -> None:
-        if self.images.dtype != torch.uint8 or self.images.dim() != 4 or self.images.shape[1] != 3:
-            raise DatasetError(f"images must be uint8 [N, 3, S, S], got {self.images.dtype} {list(self.images.shape)}")
-        if len(self.names) != len(self.counts):
-            raise DatasetError(f"{len(self.names)} class names for {len(self.counts)} classes")
-        if int(self.counts.sum()) != self.images.shape[0]:
-            raise DatasetError(
-                f"class counts sum to {int(self.counts.sum())} but there are {self.images.shape[0]} images"
-            )
-        self.counts = self.counts.to(torch.int64)
-
-    @property
-    def num_classes(self) -> int:
-        return len(self.names)
-
-    @property
-    def size(self) -> int:
-        return self.images.shape[-1]
-
-    @property
-    def device(self) -> torch.device:
-        return self.images.device
-
-    @property
-    def offsets(self) -> Tensor:
-        return torch.cumsum(self.counts, 0) - self.counts
-
-    def __len__(self) -> int:
-        return self.images.shape[0]
-
-    def to(self, device: torch.device | str) -> "ImageClasses":
-        return dataclasses.replace(self, images=self.images.to(device), counts=self.counts.to(device))
-
-    def class_images(self, c: int) -> Tensor:
-        """``uint8 [counts[c], 3, S, S]`` images of class ``c``."""
-        start = int(self.offsets[c])
-        return self.images[start : start + int(self.counts[c])]
-
-    def select(self, classes: Sequence[int]) -> "ImageClasses":
-        """The given classes only, re-indexed ``0..len(classes)-1`` in the given order."""
-        classes = list(classes)
-        if not classes:
-            raise DatasetError(f"selecting no classes from {self.source or 'the dataset'}")
-        return ImageClasses(
-            torch.cat([self.class_images(c) for c in classes]),
-            self.counts[classes].clone(),
-            [self.names[c] for c in classes],
-            self.source,
-        )
-
-    def check_shots(self, shots: int) -> None:
-        """Raise :class:`DatasetError` naming every class with fewer than ``shots`` images."""
-        if self.num_classes == 0:
-            raise DatasetError(f"no classes in {self.source or 'the dataset'}")
-        small = [f"{n!r} ({int(c)})" for n, c in zip(self.names, self.counts.tolist()) if c < shots]
-        if small:
-            raise DatasetError(
-                f"episodes need {shots} distinct images per class, but {len(small)} class(es) of "
-                f"{self.source or 'the dataset'} have fewer: {', '.join(small[:10])}{' ...' if len(small) > 10 else ''}"
-            )
+# from_array converts this many values at a time (as float64 when checking floats: 32 MiB)
+_CHUNK_VALUES = 1 << 22
 
 
 def from_array(array: np.ndarray | Tensor, size: int | None = None, source: str = "array") -> ImageClasses:
-    """``[classes, images, H, W, 3]`` uint8, or float in [0, 1], to :class:`ImageClasses` at ``size``."""
+    """``[classes, images, H, W, 3]`` uint8, or float in [0, 1], to :class:`ImageClasses` at ``size``.
+
+    Converted (and resized) a chunk of images at a time, so a memory-mapped ``.npy`` is never copied
+    whole. Raises :class:`DatasetError` naming ``source`` for another layout or dtype, NaN or infinite
+    values (which would train on black pixels), or float values outside [0, 1].
+    """
     if array.ndim != 5 or array.shape[-1] != 3:
         raise DatasetError(f"{source}: expected [classes, images, H, W, 3], got shape {list(array.shape)}")
     C, M, H, W, _ = array.shape
-    if C == 0 or M == 0:
+    if C == 0 or M == 0 or H == 0 or W == 0:
         raise DatasetError(f"{source}: no images (shape {list(array.shape)})")
-    x = torch.as_tensor(np.array(array)).reshape(C * M, H, W, 3)  # a copy: reads a memory-mapped file in
-    if x.dtype != torch.uint8:
-        if not x.is_floating_point():
-            raise DatasetError(f"{source}: dtype must be uint8 or float in [0, 1], got {x.dtype}")
-        lo, hi = float(x.min()), float(x.max())
-        if lo < -1e-3 or hi > 1 + 1e-3:
-            raise DatasetError(f"{source}: float images must lie in [0, 1], found [{lo:.3g}, {hi:.3g}]")
-        x = (x.float() * 255).round_().clamp_(0, 255).to(torch.uint8)
-    x = x.permute(0, 3, 1, 2).contiguous()
-    if size is not None and (H, W) != (size, size):
-        x = resize_uint8(x, size)
-    return ImageClasses(x, torch.full((C,), M, dtype=torch.int64), [f"class_{c:04d}" for c in range(C)], source)
+    if isinstance(array, Tensor):
+        is_float, ok = array.is_floating_point(), array.dtype == torch.uint8 or array.is_floating_point()
+    else:
+        is_float = bool(np.issubdtype(array.dtype, np.floating))
+        ok = is_float or array.dtype == np.uint8
+    if not ok:
+        raise DatasetError(f"{source}: dtype must be uint8 or float in [0, 1], got {array.dtype}")
+    N = C * M
+    flat = array.reshape(N, H, W, 3)  # a view of a memory-mapped file: chunks are read in below
+    out_h, out_w = (size, size) if size is not None else (H, W)
+    out = torch.empty(N, 3, out_h, out_w, dtype=torch.uint8)
+    step = max(1, _CHUNK_VALUES // (H * W * 3))
+    n_nan = n_inf = 0
+    first_bad = -1
+    lo, hi = math.inf, -math.inf
+    for start in range(0, N, step):
+        part = _host_chunk(flat[start : start + step], np.float64 if is_float else np.uint8)
+        if is_float:
+            x = part.double()
+            finite = torch.isfinite(x)
+            if not bool(finite.all()):
+                nan = int(torch.isnan(x).sum())
+                n_nan, n_inf = n_nan + nan, n_inf + int((~finite).sum()) - nan
+                if first_bad < 0:
+                    first_bad = start + int((~finite).flatten(1).any(1).nonzero()[0])
+                x = x[finite]
+            if x.numel():
+                lo, hi = min(lo, float(x.min())), max(hi, float(x.max()))
+            if n_nan or n_inf or lo < -1e-3 or hi > 1 + 1e-3:
+                continue  # an error is coming: only gather its statistics
+            part = (x * 255).round_().clamp_(0, 255).to(torch.uint8)
+        part = part.permute(0, 3, 1, 2)
+        if size is not None and (H, W) != (size, size):
+            part = resize_uint8(part, size)
+        out[start : start + step] = part
+    if n_nan or n_inf:
+        c, m = divmod(first_bad, M)
+        raise DatasetError(
+            f"{source}: {n_nan + n_inf} of {N * H * W * 3} values are not finite ({n_nan} NaN, {n_inf} inf), "
+            f"the first in class {c} image {m}; float images must lie in [0, 1]"
+        )
+    if lo < -1e-3 or hi > 1 + 1e-3:
+        hint = "; divide 0..255 data by 255, or save it as uint8" if 1 < hi <= 255 and lo >= 0 else ""
+        raise DatasetError(f"{source}: float images must lie in [0, 1], found [{lo:.3g}, {hi:.3g}]{hint}")
+    return ImageClasses(out, torch.full((C,), M, dtype=torch.int64), [f"class_{c:04d}" for c in range(C)], source)
+
+
+def _host_chunk(part: np.ndarray | Tensor, dtype: type) -> Tensor:
+    """A CPU tensor of ``part``; numpy data as ``dtype``, in native byte order (torch rejects big-endian)."""
+    if isinstance(part, Tensor):
+        return part.detach().cpu()
+    return torch.from_numpy(np.array(part, dtype=dtype))  # a copy: memory-mapped pages are read-only
 
 
 def resize_uint8(images: Tensor, size: int, chunk: int = 256) -> Tensor:
@@ -135,49 +107,91 @@ def resize_uint8(images: Tensor, size: int, chunk: int = 256) -> Tensor:
 
 
 def load_npy(path: str | os.PathLike, size: int | None = None) -> ImageClasses:
-    """The official LoFGAN ``.npy`` layout (e.g. ``flower_c8189_s128_data_rgb.npy``)."""
+    """The official LoFGAN ``.npy`` layout (e.g. ``flower_c8189_s128_data_rgb.npy``); see :func:`from_array`."""
     path = Path(path)
     if not path.is_file():
-        raise DatasetError(f"dataset file {str(path)!r} does not exist")
+        raise DatasetError(f"dataset file {str(path)!r} {'is not a file' if path.exists() else 'does not exist'}")
     try:
         array = np.load(path, mmap_mode="r", allow_pickle=False)
     except (OSError, ValueError) as e:
         raise DatasetError(f"cannot read {str(path)!r} as a .npy array: {e}") from e
+    if not isinstance(array, np.ndarray):  # np.load opens a zip (.npz) whatever its suffix
+        array.close()
+        raise DatasetError(f"{str(path)!r} is a .npz archive, not a .npy array: save one array with np.save")
     return from_array(array, size, source=str(path))
+
+
+def _listdir(folder: Path, what: str) -> list[Path]:
+    """Sorted entries of ``folder``, or a :class:`DatasetError` (permissions, I/O) naming it."""
+    try:
+        return sorted(folder.iterdir())
+    except OSError as e:
+        raise DatasetError(f"cannot list {what} {str(folder)!r}: {e.strerror or e}") from e
+
+
+def _is(kind: str, path: Path) -> bool:
+    try:
+        return path.is_dir() if kind == "dir" else path.is_file()
+    except OSError as e:  # e.g. a folder that can be listed but not searched
+        raise DatasetError(f"cannot access {str(path)!r}: {e.strerror or e}") from e
 
 
 def load_class_folders(root: str | os.PathLike, size: int, workers: int = 8) -> ImageClasses:
     """One sub-folder of ``root`` per class (sorted by name); every image file in it, resized to ``size``.
 
     Images are centre-cropped to a square first (:func:`fsgan_fast.utils.images.read_image`). Hidden
-    folders and non-image files are ignored; an unreadable image raises :class:`DatasetError`.
+    folders and files (``.*``, e.g. macOS ``._x.jpg`` companions) and files without an image suffix are
+    ignored; nested folders are not searched. Raises :class:`DatasetError` for an unreadable folder, a
+    class folder without images, or image files that cannot be decoded (all of them counted, the first named).
     """
     root = Path(root)
     if not root.is_dir():
         raise DatasetError(f"dataset folder {str(root)!r} does not exist")
-    folders = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    entries = _listdir(root, "dataset folder")
+    folders = [p for p in entries if not p.name.startswith(".") and _is("dir", p)]
     if not folders:
-        raise DatasetError(f"no class folders in {str(root)!r}: expected one sub-folder of images per class")
-    files = [sorted(f for f in d.iterdir() if f.is_file() and is_image_file(f)) for d in folders]
+        loose = sum(1 for p in entries if is_image_file(p) and _is("file", p))
+        hint = f"; it holds {loose} image files itself: pass its parent folder" if loose else ""
+        raise DatasetError(f"no class folders in {str(root)!r}: expected one sub-folder of images per class{hint}")
+    files, empty = [], []
+    for d in folders:
+        listed = [f for f in _listdir(d, "class folder") if not f.name.startswith(".") and _is("file", f)]
+        images = [f for f in listed if is_image_file(f)]
+        files.append(images)
+        if not images:
+            # else an empty class fails later in check_shots if seen, and is silently useless if unseen
+            n = len(listed)
+            empty.append(f"{d.name!r} ({n} other file{'s' * (n != 1)})" if n else f"{d.name!r} (empty)")
+    if empty:
+        raise DatasetError(
+            f"{len(empty)} of {len(folders)} class folders of {str(root)!r} have no image files: "
+            f"{', '.join(empty[:10])}{' ...' if len(empty) > 10 else ''}; images are files ending in "
+            f"{', '.join(IMAGE_EXTENSIONS)} directly inside the class folder"
+        )
     flat = [f for per_class in files for f in per_class]
-    if not flat:
-        raise DatasetError(f"no image files in the class folders of {str(root)!r}")
+
+    def read(f: Path) -> Tensor | ValueError:
+        try:
+            return read_image(f, size)
+        except ValueError as e:
+            return e
+
     # decoding releases the GIL, so threads overlap it without worker processes
     with concurrent.futures.ThreadPoolExecutor(max_workers=workers) as pool:
-        try:
-            images = list(pool.map(lambda f: read_image(f, size), flat))
-        except ValueError as e:
-            raise DatasetError(str(e)) from e
+        images = list(pool.map(read, flat))
+    bad = [r for r in images if isinstance(r, ValueError)]
+    if bad:
+        many = f"{len(bad)} of {len(flat)} image files in {str(root)!r} cannot be read, the first: "
+        raise DatasetError(f"{many if len(bad) > 1 else ''}{bad[0]}") from bad[0]
     counts = torch.tensor([len(per_class) for per_class in files], dtype=torch.int64)
     return ImageClasses(torch.stack(images), counts, [d.name for d in folders], str(root))
 
 
-def load_classes(spec: str, size: int, seed: int = 0) -> ImageClasses:
+def load_classes(spec: str | os.PathLike, size: int, seed: int = 0) -> ImageClasses:
     """``"builtin"``, a ``.npy`` file, or a folder of class folders, at ``size`` pixels."""
+    spec = os.fspath(spec)
     expected = "expected a folder of class folders, a .npy file, or 'builtin'"
     if spec == "builtin":
-        from fsgan_fast.data.builtin import builtin_classes
-
         return builtin_classes(size, seed=seed)
     if spec.lower().endswith(".npy"):
         return load_npy(spec, size)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from fsgan_fast.data.classes import ImageClasses
+from fsgan_fast.data.types import ImageClasses
 
 
 def to_model_range(images: Tensor) -> Tensor:

@@ -124,7 +124,8 @@ class RunDir:
         if self.resume is not None:
             if not self.resume.is_file():
                 raise RunError(f"nothing to resume: {str(self.resume)!r} does not exist")
-        elif p.is_dir() and not self.overwrite and self.holds_run():
+        elif p.is_dir() and not self.overwrite and self.env.is_main and self.holds_run():
+            # (only rank 0 judges: under torchrun another rank may look after rank 0 began writing)
             raise RunError(
                 f"{str(p)!r} already holds a run ({', '.join(self.run_files())}); pass --resume to continue it, "
                 "--overwrite to replace it, or choose another --out")
@@ -347,10 +348,9 @@ def launch(run: RunOptions, train_cfg: TrainConfig, setup) -> Path:
 
     out = Path(run.out)
     resume = run.resume_path
-    run_dir = RunDir(out, resume=resume, overwrite=run.overwrite)
+    run_dir = RunDir(out, resume=resume, overwrite=run.overwrite, env=DistEnv.from_environ())
     run_dir.check()
     env, device = setup_distributed(run.device)
-    run_dir.env = env
     trainer, sampler, extra = setup(env, device, run_dir)
     start = resume_trainer(trainer, resume, env) if resume is not None else 0
     record = {"model": trainer.name, "data": run.data, "model_config": configs.to_dict(trainer.model.cfg),
