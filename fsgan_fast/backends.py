@@ -38,12 +38,17 @@ class BackendUnavailableError(RuntimeError):
 
 @dataclasses.dataclass(frozen=True)
 class OpSpec:
-    """What a hot-path op implements: its backends and the private native op names."""
+    """What a hot-path op implements: its backends, its private kernel ops, and where it lives."""
 
     name: str
     backends: tuple[str, ...]
-    native: str  # private op stem: torch.ops.fsgan_fast.<native>_cpu / <native>_cuda
+    native: str  # private op stem: torch.ops.fsgan_fast.<native>_cpu / _cuda / _triton
     triton_dtypes: tuple[torch.dtype, ...] = _TRITON_DTYPES
+    module: str | None = None  # its stem: fsgan_fast/ops/<module>.py, kernels/<module>.py, csrc/<module>/
+
+    def private_op(self, impl: str) -> str:
+        """Name of the private kernel op (``torch.ops.fsgan_fast.<name>``) for ``impl``: cpu, cuda or triton."""
+        return f"{self.native}_{impl}"
 
 
 _OPS: dict[str, OpSpec] = {}
@@ -51,15 +56,30 @@ _state = threading.local()
 _global_choice: str | None = None
 _last: dict[str, str] = {}
 _degraded: dict[tuple[str, str], str] = {}
+_broken: dict[tuple[str, str], str] = {}
 
 
 def register_op(spec: OpSpec) -> OpSpec:
+    """Add (or replace) ``spec`` in the registry that selection, :func:`info` and the tests read."""
     _OPS[spec.name] = spec
     return spec
 
 
 def registered_ops() -> tuple[str, ...]:
     return tuple(_OPS)
+
+
+def op_spec(name: str) -> OpSpec:
+    """The :class:`OpSpec` registered for ``name``."""
+    try:
+        return _OPS[name]
+    except KeyError:
+        raise KeyError(f"op {name!r} is not registered; registered: {', '.join(_OPS) or 'none'}") from None
+
+
+def mark_broken(op: str, backend: str, reason: str) -> None:
+    """Record that ``backend`` cannot run ``op`` in this process at all (e.g. its kernels failed to import)."""
+    _broken[(op, backend)] = reason
 
 
 def _validate_name(name: str) -> str:
@@ -87,7 +107,7 @@ def use_backend(name: str) -> Iterator[None]:
         stack.pop()
 
 
-LOWERINGS = ("reference", "native")
+LOWERINGS = ("reference", "native", "triton")
 
 
 @contextlib.contextmanager
@@ -97,8 +117,10 @@ def lowering(mode: str = "reference") -> Iterator[None]:
     ``"reference"``: each public op calls its pure-PyTorch reference instead of the custom op, so a traced
     graph (ONNX, torch.export, AOTInductor) holds only aten/standard ops and needs nothing of fsgan_fast at
     run time. ``"native"``: each op calls its private C++ kernel op (``torch.ops.fsgan_fast._<op>_<device>``),
-    which a runtime resolves from ``fsgan_fast._C`` or the CMake library ``libfsgan_fast_ops``. Inference
-    only: neither keeps the ops' autograd formulas. Inside the block the backend selection (``backend=``,
+    which a runtime resolves from ``fsgan_fast._C`` or the CMake library ``libfsgan_fast_ops``. ``"triton"``:
+    each op calls its private Triton op (``torch.ops.fsgan_fast._<op>_triton``, a ``torch.library.triton_op``),
+    which torch.export keeps and AOTInductor / Inductor compile into the package or graph, kernel included.
+    Inference only: none keeps the ops' autograd formulas. Inside the block the backend selection (``backend=``,
     :func:`use_backend`, ...) does not apply and :func:`last_backend` is not updated.
     """
     if mode not in LOWERINGS:
@@ -169,6 +191,8 @@ def why_unavailable(op: str, backend: str, device: torch.device, dtype: torch.dt
     if backend == "triton":
         if not triton_installed():
             return "the 'triton' package is not installed (pip install triton)"
+        if (op, backend) in _broken:
+            return _broken[(op, backend)]
         if device.type == "cpu" and not triton_interpreted():
             return "Triton kernels need a CUDA tensor (or TRITON_INTERPRET=1 to run them on the CPU)"
         if triton_interpreted() and (problem := triton_interpreter_problem()) is not None:
@@ -184,12 +208,12 @@ def why_unavailable(op: str, backend: str, device: torch.device, dtype: torch.dt
     if _ext.C is None:
         return f"the compiled extension fsgan_fast._C is not loaded ({_ext.load_error})"
     if backend == "cpu":
-        if not _ext.has_kernel(f"{spec.native}_cpu", "CPU"):
+        if not _ext.has_kernel(spec.private_op("cpu"), "CPU"):
             return f"fsgan_fast._C has no CPU kernel for {op!r}"
         return None
     if not _ext.built_with_cuda():
         return "fsgan_fast._C was built without CUDA kernels (no nvcc/CUDA_HOME at build time, or FSGAN_FAST_BUILD_CUDA=0)"
-    if not _ext.has_kernel(f"{spec.native}_cuda", "CUDA"):
+    if not _ext.has_kernel(spec.private_op("cuda"), "CUDA"):
         return f"fsgan_fast._C has no CUDA kernel for {op!r}"
     return None
 

@@ -67,9 +67,10 @@ class ExportOptions:
                         "number fixes the batch", metavar="MIN:OPT:MAX")
     precision: Literal["fp32", "fp16", "bf16"] = option(
         "fp32", "export the generator in this precision (onnxruntime's CPU provider cannot run bf16: no parity run)")
-    lowering: Literal["reference", "native"] = option(
+    lowering: Literal["reference", "native", "triton"] = option(
         "reference", "aoti only: 'reference' compiles the ops from standard ops (loads with torch alone); 'native' "
-                     "calls fsgan_fast's C++/CUDA kernels (needs fsgan_fast.ops or libfsgan_fast_ops)")
+                     "calls fsgan_fast's C++/CUDA kernels (needs fsgan_fast.ops or libfsgan_fast_ops); 'triton' "
+                     "compiles our Triton kernels into the package (CUDA devices; loads with torch alone)")
     opset: int = option(18, "ONNX opset (TensorRT parses up to 20)", low=18, high=20)
     timing_cache: str | None = option(None, "tensorrt only: timing cache file, read if present and updated")
     device: str | None = option(None, "aoti/tensorrt: device to compile and verify on (default: cuda if available, "

@@ -1,6 +1,7 @@
 """Triton kernels of ``lfm_fuse`` / ``lfm_apply`` (the contract is in :mod:`fsgan_fast.ops.lfm`).
 
-Launchers (pure functions; the custom ops in ``fsgan_fast/ops/lfm.py`` validate and prepare inputs):
+Launchers (pure functions, the bodies of the private triton ops ``fsgan_fast::_<op>_triton`` that
+``fsgan_fast/ops/lfm.py`` registers; the public ops validate and prepare the inputs):
 
 * ``lfm_fuse_fwd(feats, base, positions, alpha) -> (fused, ref_idx)``
 * ``lfm_apply_fwd(x, base, positions, ref_idx, alpha) -> fused``
@@ -51,15 +52,14 @@ float32 accumulation. 16-bit inputs go to the tensor cores as they are (exact pr
 
 from __future__ import annotations
 
-import contextlib
 import functools
 
 import torch
 import triton
 import triton.language as tl
 
-from fsgan_fast.backends import triton_interpreted
-from fsgan_fast.ops import _alloc
+from . import _alloc, _launch
+from ._launch import wrap_triton
 
 _EPS = tl.constexpr(1e-8)  # norm floor of the cosine, as in the reference
 
@@ -78,8 +78,8 @@ def _fwd_config(B: int, C: int, P: int, n: int, dtype: torch.dtype) -> dict:
 
     The similarity tile is BLOCK_T x BLOCK_J (64 positions of the reference map per step), reduced
     over BLOCK_C channels at a time. float32 takes a shorter reduction step: tf32x3 splits both
-    operands in registers, and 16 channels keep 8 warps within the register file (ptxas for sm_90,
-    triton 3.8: at most 32 B of stack per thread). The copy tile is ~4K elements.
+    operands in registers, and 16 channels keep 8 warps within the register file (ptxas for sm_90:
+    no stack with triton 3.6 or 3.9, at most 32 B per thread with 3.8). The copy tile is ~4K elements.
     """
     block_t = 16
     for cand in (64, 32):
@@ -104,8 +104,8 @@ def _bwd_config(C: int, P: int, n: int, dtype: torch.dtype) -> dict:
     """Block sizes of ``_lfm_bwd_kernel``: a BLOCK_C x BLOCK_J float32 gradient tile per step, the
     one-hot product reducing over BLOCK_T selected positions at a time (float32: three bfloat16
     parts per gathered tile, hence the smaller ones). 8 warps. ptxas for sm_90 spills nothing with
-    triton 3.8, and 80 B per thread with triton 3.6 for float32 at C=256, 16x16 (255 registers);
-    tests/ops/test_lfm_triton_compile.py holds every variant to at most 128 B."""
+    triton 3.6, 3.8 or 3.9 (float32 at C=256, 16x16: 255 registers with 3.6, 182 with 3.8, 228 with
+    3.9); tests/ops/test_triton_compile.py holds every variant to at most 128 B of stack."""
     wide = dtype == torch.float32
     return dict(
         BLOCK_C=_pow2(C, 16, 32 if wide else 64),
@@ -118,7 +118,7 @@ def _bwd_config(C: int, P: int, n: int, dtype: torch.dtype) -> dict:
 
 # The CPU interpreter (triton 3.8) multiplies bfloat16 dot operands as their raw 16-bit patterns.
 # There, and only there, bfloat16 dots run on float32 copies: the same exact products.
-_BF16_DOT_AS_F32 = tl.constexpr(triton_interpreted())
+_BF16_DOT_AS_F32 = tl.constexpr(_launch.interpreted())
 
 
 @triton.jit
@@ -157,7 +157,11 @@ def _lfm_fwd_kernel(
     b = tl.program_id(0).to(tl.int64) // blocks_per_row
     pid = (tl.program_id(0) % blocks_per_row).to(tl.int32)
     base = tl.load(base_ptr + b)
-    base_ok = (base >= 0) & (base < K)  # every read of the base map is masked with it
+    base_ok = (base >= 0) & (base < K)
+    # positions of the base map this row may read: none for an out-of-range base. Reads test it per position
+    # (p < f_end) rather than as `mask & base_ok`: a scalar condition splatted into a block mask reaches the
+    # interpreter as integers, which triton 3.9's interpreter refuses in loads
+    f_end = tl.where(base_ok, P, 0)
     x_b = x_ptr + b * K * C * P
     f_ptr = x_b + base * C * P
     out_b = out_ptr + b * C * P
@@ -168,6 +172,7 @@ def _lfm_fwd_kernel(
         t_ok = offs_t < n
         p = tl.load(pos_b + offs_t, mask=t_ok, other=-1)
         p_ok = t_ok & (p >= 0) & (p < P)
+        f_ok = p_ok & (p < f_end)
         idx_b = idx_ptr + b * (K - 1) * n
 
         if MATCH:
@@ -187,7 +192,7 @@ def _lfm_fwd_kernel(
                         # map (shared sectors), transposed for the dot
                         f_sel = tl.load(
                             f_ptr + offs_c[:, None] * P + p[None, :],
-                            mask=c_ok[:, None] & p_ok[None, :] & base_ok,
+                            mask=c_ok[:, None] & f_ok[None, :],
                             other=0.0,
                         )
                         ref = tl.load(
@@ -222,7 +227,7 @@ def _lfm_fwd_kernel(
             offs_c = c0 + tl.arange(0, BLOCK_C)
             c_ok = offs_c < C
             sel = c_ok[:, None] & p_ok[None, :]
-            f_sel = tl.load(f_ptr + offs_c[:, None] * P + p[None, :], mask=sel & base_ok, other=0.0)
+            f_sel = tl.load(f_ptr + offs_c[:, None] * P + p[None, :], mask=c_ok[:, None] & f_ok[None, :], other=0.0)
             acc = a_base * f_sel.to(tl.float32)
             for r in range(K - 1):
                 shot = r + (r >= base).to(tl.int64)
@@ -243,10 +248,12 @@ def _lfm_fwd_kernel(
             p = tl.load(pos_b + offs_t, mask=offs_t < n, other=-1)
             hits += tl.sum((p[:, None] == offs_j[None, :]).to(tl.int32), axis=0)
         keep = (offs_j < P) & (hits == 0)
+        keep_f = keep & (offs_j < f_end)
         for c0 in range(0, C, COPY_C):
             offs_c = c0 + tl.arange(0, COPY_C)
             m = (offs_c < C)[:, None] & keep[None, :]
-            v = tl.load(f_ptr + offs_c[:, None] * P + offs_j[None, :], mask=m & base_ok, other=0.0)
+            v = tl.load(f_ptr + offs_c[:, None] * P + offs_j[None, :], mask=(offs_c < C)[:, None] & keep_f[None, :],
+                        other=0.0)
             tl.store(out_b + offs_c[:, None] * P + offs_j[None, :], v, mask=m)
 
 
@@ -304,6 +311,7 @@ def _lfm_bwd_kernel(
         r = k - (k > base).to(tl.int64)
         is_ref = (r >= 0) & (r < K - 1)
         a_r = tl.where(is_ref, alpha_k, 0.0)
+        n_r = tl.where(is_ref, n, 0)  # matches to read, as a bound (see f_end in the forward kernel)
         idx_r = idx_ptr + (b * (K - 1) + r) * n
         for c0 in range(0, C, BLOCK_C):
             offs_c = c0 + tl.arange(0, BLOCK_C)
@@ -318,7 +326,7 @@ def _lfm_bwd_kernel(
                     t_ok = offs_t < n
                     p = tl.load(pos_b + offs_t, mask=t_ok, other=-1)
                     p_ok = (p >= 0) & (p < P)
-                    j = tl.load(idx_r + offs_t, mask=t_ok & is_ref, other=-1)
+                    j = tl.load(idx_r + offs_t, mask=offs_t < n_r, other=-1)
                     hit = (j[:, None] == offs_j[None, :]) & p_ok[:, None]  # [T, J]
                     hits += tl.sum(hit.to(tl.int32), axis=0)
                     onehot = tl.where(hit, 1.0, 0.0)
@@ -351,8 +359,9 @@ def _lfm_bwd_kernel(
                         p_t = tl.load(pos_b + t)
                         j_t = tl.load(idx_r + t, mask=is_ref, other=-1)
                         ok_t = (p_t >= 0) & (p_t < P) & (j_t >= 0) & (j_t < P)
-                        g_t = tl.load(g_b + offs_c * P + p_t, mask=c_ok & ok_t, other=0.0).to(tl.float32)
-                        acc += tl.where((offs_j == j_t)[None, :] & ok_t, g_t[:, None], 0.0)
+                        # a skipped position reads no channel and matches no column (offs_j >= 0)
+                        g_t = tl.load(g_b + offs_c * P + p_t, mask=offs_c < tl.where(ok_t, C, 0), other=0.0)
+                        acc += tl.where((offs_j == tl.where(ok_t, j_t, -1))[None, :], g_t.to(tl.float32)[:, None], 0.0)
                     # reloaded rather than kept live across the branch: fewer registers on the fast path
                     xs = tl.load(x_k + tile, mask=m & (hits > 0)[None, :], other=0.0).to(tl.float32)
                     tile_ga = tl.sum(xs * acc)
@@ -371,31 +380,25 @@ def _check_sizes(K: int, C: int, P: int, n: int) -> None:
         raise ValueError(f"the Triton lfm kernels need C*H*W and (K-1)*n below 2^31, got C={C}, H*W={P}, K={K}, n={n}")
 
 
-def _device_of(t: torch.Tensor):
-    # Triton launches on the current device: make it the tensors' one (inputs on cuda:1, cuda:0 current);
-    # the usual case (already current) skips the context manager's cost on this microsecond-scale path
-    if t.is_cuda and t.device.index != torch.cuda.current_device():
-        return torch.cuda.device(t.device)
-    return contextlib.nullcontext()
-
-
 def _launch_fwd(x, base, positions, ref_idx, alpha, out, match: bool) -> None:
     B, K, C, H, W = x.shape
     if B == 0:
         return
     P, n = H * W, positions.shape[1]
     _check_sizes(K, C, P, n)
-    cfg = _fwd_config(B, C, P, n, x.dtype)
+    cfg = _fwd_config(*map(_launch.size_hint, (B, C, P, n)), x.dtype)
     num_t_blocks = triton.cdiv(n, cfg["BLOCK_T"])
     blocks_per_row = num_t_blocks + triton.cdiv(P, cfg["COPY_P"])
     if B * blocks_per_row > _INT32_MAX:
         raise ValueError(f"lfm: {B} x {blocks_per_row} programs exceed one Triton launch")
-    with _device_of(x):
-        _lfm_fwd_kernel[(B * blocks_per_row,)](x, base, positions, alpha, ref_idx, out, K, C, P, n, num_t_blocks,
-                                               blocks_per_row, MATCH=match, **cfg)
+    with _launch.device_of(x):
+        wrap_triton(_lfm_fwd_kernel)[(B * blocks_per_row,)](x, base, positions, alpha, ref_idx, out, K, C, P, n,
+                                                            num_t_blocks, blocks_per_row, MATCH=match, **cfg)
 
 
-def lfm_fuse_fwd(feats, base, positions, alpha):
+def lfm_fuse_fwd(
+    feats: torch.Tensor, base: torch.Tensor, positions: torch.Tensor, alpha: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
     """(fused [B,C,H,W] feats.dtype, ref_idx [B,K-1,n] int64): matching and fusion in one launch."""
     B, K, C, H, W = feats.shape
     out = _alloc.empty((B, C, H, W), feats.dtype, feats.device)
@@ -404,7 +407,9 @@ def lfm_fuse_fwd(feats, base, positions, alpha):
     return out, ref_idx
 
 
-def lfm_apply_fwd(x, base, positions, ref_idx, alpha):
+def lfm_apply_fwd(
+    x: torch.Tensor, base: torch.Tensor, positions: torch.Tensor, ref_idx: torch.Tensor, alpha: torch.Tensor
+) -> torch.Tensor:
     """fused [B,C,H,W] x.dtype: the fusion with given matches ``ref_idx``, in one launch."""
     B, K, C, H, W = x.shape
     out = _alloc.empty((B, C, H, W), x.dtype, x.device)
@@ -412,7 +417,10 @@ def lfm_apply_fwd(x, base, positions, ref_idx, alpha):
     return out
 
 
-def lfm_apply_bwd(grad, x, base, positions, ref_idx, alpha):
+def lfm_apply_bwd(
+    grad: torch.Tensor, x: torch.Tensor, base: torch.Tensor, positions: torch.Tensor, ref_idx: torch.Tensor,
+    alpha: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """(grad_x [B,K,C,H,W] x.dtype, grad_alpha [B,K] float32) of the fusion, in one launch."""
     B, K, C, H, W = x.shape
     grad_x = _alloc.empty((B, K, C, H, W), x.dtype, x.device)
@@ -420,9 +428,10 @@ def lfm_apply_bwd(grad, x, base, positions, ref_idx, alpha):
     if B > 0:
         P, n = H * W, positions.shape[1]
         _check_sizes(K, C, P, n)
-        cfg = _bwd_config(C, P, n, x.dtype)
-        with _device_of(x):  # grid (B, K): B on axis 0 (2^31 - 1), K on axis 1
-            _lfm_bwd_kernel[(B, K)](grad, x, base, positions, ref_idx, alpha, grad_x, grad_alpha, K, C, P, n, **cfg)
+        cfg = _bwd_config(*map(_launch.size_hint, (C, P, n)), x.dtype)
+        with _launch.device_of(x):  # grid (B, K): B on axis 0 (2^31 - 1), K on axis 1
+            wrap_triton(_lfm_bwd_kernel)[(B, K)](grad, x, base, positions, ref_idx, alpha, grad_x, grad_alpha, K, C, P,
+                                                 n, **cfg)
     return grad_x, grad_alpha
 
 

@@ -10,6 +10,7 @@ import fsgan_fast
 from fsgan_fast import backends
 from fsgan_fast.ops import lfm_fuse
 
+from tests.ops import kit
 from tests.ops.test_lfm import make_inputs
 
 
@@ -103,9 +104,31 @@ def test_disabled_extension_degrades_to_reference():
 def test_info_reports_every_op_and_device():
     data = fsgan_fast.info()
     assert data["torch"] == torch.__version__
-    for op in ("lfm_fuse", "lfm_apply", "lfm_apply_backward"):
-        cell = data["ops"][op]["cpu"]
-        assert cell["auto"] in ("cpu", "reference")
-        assert cell["backends"]["reference"] == "available"
     text = fsgan_fast.format_info(data)
-    assert "lfm_fuse" in text and "extension fsgan_fast._C" in text
+    assert "extension fsgan_fast._C" in text
+    assert set(data["ops"]) == set(backends.registered_ops()) and data["ops"]
+    for op in backends.registered_ops():
+        cell = data["ops"][op]["cpu"]
+        assert cell["auto"] in ("cpu", "reference"), (op, cell)
+        assert cell["backends"]["reference"] == "available", (op, cell)
+        assert op in text
+
+
+def test_registered_ops_match_their_native_schemas():
+    """Each op's compiled backends have a private op defined in Python, and no private op is orphaned."""
+    schemas = kit.native_schemas()
+    wanted = set()
+    for op in backends.registered_ops():
+        spec = kit.op_spec(op)
+        assert spec.name == op and "reference" in spec.backends, spec
+        assert set(spec.backends) <= set(backends.BACKENDS), spec
+        for dev in kit.NATIVE_DEVICES:
+            if dev in spec.backends:
+                assert spec.native, f"{op} lists the {dev!r} backend but names no native op"
+                wanted.add(f"{spec.native}_{dev}")
+        for name in spec.backends:  # every backend answers, available or not
+            for device in ("cpu", "cuda"):
+                reason = backends.why_unavailable(op, name, torch.device(device))
+                assert reason is None or isinstance(reason, str) and reason, (op, name, device, reason)
+    assert wanted <= set(schemas), f"ops list compiled backends without a schema: {sorted(wanted - set(schemas))}"
+    assert set(schemas) <= wanted, f"private ops no registered op uses: {sorted(set(schemas) - wanted)}"

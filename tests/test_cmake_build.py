@@ -1,5 +1,6 @@
-"""The CMake build (libfsgan_fast_ops, for libtorch users) configures, builds (CPU only), defines the same private
-op schemas as fsgan_fast/ops/lfm.py, and its CPU kernels agree with the reference.
+"""The CMake build (libfsgan_fast_ops, for libtorch users) configures, builds (CPU only), defines exactly the
+private op schemas that the Python package defines (every op's, from ``native_schemas()``), and its CPU kernels
+agree with the reference on each op family's case (``@kit.native_cases`` in ``tests/ops/test_<op>.py``).
 
 The library is loaded in a subprocess that never imports fsgan_fast: both define the schemas, and one process
 may define them only once.
@@ -19,27 +20,38 @@ from pathlib import Path
 import pytest
 import torch
 
-from fsgan_fast.ops import lfm
+from tests.ops import kit
 
 ROOT = Path(__file__).resolve().parents[1]
 MIN_CMAKE = (3, 26)
-OP_NAMES = [stem.format(dev=dev) for dev in ("cpu", "cuda") for stem in lfm.NATIVE_SCHEMAS]
 
-# Runs in the subprocess: load the library, print the schemas, run the three CPU ops on the saved inputs.
+# Runs in the subprocess: load the library, print every fsgan_fast schema it defines, run the saved calls.
 CHILD = textwrap.dedent(
     """
     import json, sys, torch
-    lib, names, inputs, outputs = sys.argv[1], json.loads(sys.argv[2]), sys.argv[3], sys.argv[4]
+    lib, calls, outputs = sys.argv[1:4]
     torch.ops.load_library(lib)
-    ops = torch.ops.fsgan_fast
-    print(json.dumps({name: str(getattr(ops, name).default._schema) for name in names}))
-    x, base, pos, alpha, grad = torch.load(inputs)
-    fused, ref_idx = ops._lfm_fuse_cpu(x, base, pos, alpha)
-    applied = ops._lfm_apply_cpu(x, base, pos, ref_idx, alpha)
-    grad_x, grad_alpha = ops._lfm_apply_backward_cpu(grad, x, base, pos, ref_idx, alpha)
-    torch.save((fused, ref_idx, applied, grad_x, grad_alpha), outputs)
+    defined = sorted({str(s) for s in torch._C._jit_get_all_schemas() if s.name.startswith("fsgan_fast::")})
+    results = []
+    for name, inputs in torch.load(calls):
+        out = getattr(torch.ops.fsgan_fast, name)(*inputs)
+        results.append(tuple(out) if isinstance(out, (tuple, list)) else (out,))
+    torch.save(results, outputs)
+    print(json.dumps(defined))
     """
 )
+
+
+def _python_schemas() -> dict[str, str]:
+    """{private op: schema as the dispatcher prints it} of every native op the Python package defines."""
+    names = kit.native_schemas()
+    assert names, "no private native op schemas found (fsgan_fast.ops._common.native_schemas / NATIVE_SCHEMAS)"
+    return {name: str(getattr(torch.ops.fsgan_fast, name).default._schema) for name in names}
+
+
+def _cases() -> list[kit.NativeCase]:
+    kit.load_op_tests()
+    return [case for make in kit.NATIVE_CASES.values() for case in make()]
 
 
 def _cmake() -> str:
@@ -100,35 +112,39 @@ def cmake_library(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def cmake_run(cmake_library, tmp_path_factory):
-    """(schemas printed by the library, inputs, outputs of its CPU ops)."""
+    """(schemas the library defines, [(case, outputs of the library's op)])."""
     tmp = tmp_path_factory.mktemp("cmake_run")
-    gen = torch.Generator().manual_seed(0)
-    B, K, C, H, W, n = 3, 4, 5, 6, 7, 11
-    x = torch.randn(B, K, C, H, W, generator=gen, dtype=torch.float64)
-    base = torch.randint(0, K, (B,), generator=gen)
-    pos = torch.stack([torch.randperm(H * W, generator=gen)[:n] for _ in range(B)])
-    alpha = torch.rand(B, K, generator=gen, dtype=torch.float64)
-    grad = torch.randn(B, C, H, W, generator=gen, dtype=torch.float64)
-    inputs = (x, base, pos, alpha, grad)
-    torch.save(inputs, tmp / "inputs.pt")
-    child = [sys.executable, "-c", CHILD, str(cmake_library), json.dumps(OP_NAMES), str(tmp / "inputs.pt")]
-    proc = _run([*child, str(tmp / "outputs.pt")], "loading libfsgan_fast_ops")
-    schemas = json.loads(proc.stdout.strip().splitlines()[-1])
-    return schemas, inputs, torch.load(tmp / "outputs.pt")
+    cases = _cases()
+    torch.save([(case.op, case.inputs) for case in cases], tmp / "calls.pt")
+    proc = _run([sys.executable, "-c", CHILD, str(cmake_library), str(tmp / "calls.pt"), str(tmp / "outputs.pt")],
+                "loading libfsgan_fast_ops")
+    defined = json.loads(proc.stdout.strip().splitlines()[-1])
+    return defined, list(zip(cases, torch.load(tmp / "outputs.pt")))
+
+
+def test_every_native_cpu_op_has_a_case():
+    """Each private CPU op must be run by some family's case; a new op registers one with @kit.native_cases."""
+    covered = {case.op for case in _cases()}
+    owner = {f"{kit.op_spec(op).native}_cpu": kit.family(op) for op in kit.registered_ops()}
+    missing = [f"{name} (family {owner.get(name, '?')!r})" for name in sorted(kit.native_schemas())
+               if name.endswith("_cpu") and name not in covered]
+    assert not missing, (f"no CMake CPU case runs {missing}: add a @kit.native_cases('<family>') function to "
+                         f"tests/ops/test_<family>.py (families with cases: {sorted(kit.NATIVE_CASES)})")
+    unknown = sorted(covered - set(kit.native_schemas()))
+    assert not unknown, f"native cases call ops that Python does not define: {unknown}"
 
 
 def test_cmake_schemas_match_python(cmake_run):
-    schemas, _, _ = cmake_run
-    python = {name: str(getattr(torch.ops.fsgan_fast, name).default._schema) for name in OP_NAMES}
-    assert schemas == python
+    defined, _ = cmake_run
+    python = sorted(_python_schemas().values())
+    assert defined == python, (f"only in libfsgan_fast_ops: {sorted(set(defined) - set(python))}\n"
+                               f"only in Python: {sorted(set(python) - set(defined))}")
 
 
 def test_cmake_cpu_kernels_match_reference(cmake_run):
-    _, (x, base, pos, alpha, grad), (fused, ref_idx, applied, grad_x, grad_alpha) = cmake_run
-    fused_ref, ref_idx_ref = lfm.lfm_fuse_reference(x, base, pos, alpha)
-    grad_x_ref, grad_alpha_ref = lfm.lfm_apply_backward_reference(grad, x, base, pos, ref_idx_ref, alpha)
-    torch.testing.assert_close(ref_idx, ref_idx_ref, rtol=0, atol=0)
-    torch.testing.assert_close(fused, fused_ref, rtol=1e-12, atol=1e-12)
-    torch.testing.assert_close(applied, fused_ref, rtol=1e-12, atol=1e-12)
-    torch.testing.assert_close(grad_x, grad_x_ref, rtol=1e-12, atol=1e-12)
-    torch.testing.assert_close(grad_alpha, grad_alpha_ref, rtol=1e-12, atol=1e-12)
+    _, runs = cmake_run
+    for case, outputs in runs:
+        assert len(outputs) == len(case.expected), f"{case.op}: {len(outputs)} outputs, expected {len(case.expected)}"
+        for i, (got, want) in enumerate(zip(outputs, case.expected)):
+            kit.assert_close(got, want, case.atol if want.is_floating_point() else 0, f"{case.op} output {i}",
+                             check_dtype=True)

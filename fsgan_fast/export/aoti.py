@@ -1,6 +1,6 @@
 """torch.export + AOTInductor: a compiled generator in one ``.pt2`` file, loadable without the model code.
 
-Two lowerings of the hot-path ops (see :func:`fsgan_fast.backends.lowering`):
+Three lowerings of the hot-path ops (see :func:`fsgan_fast.backends.lowering`):
 
 - ``"reference"`` (default): standard aten ops that Inductor compiles and fuses itself. The package needs
   only torch to load (``torch._inductor.aoti_load_package``), from Python or C++.
@@ -8,6 +8,9 @@ Two lowerings of the hot-path ops (see :func:`fsgan_fast.backends.lowering`):
   Inductor cannot fuse but which beat its code for the matching on a GPU (to be measured). The runtime
   must register the ops before loading the package: ``import fsgan_fast.ops`` in Python (as
   :class:`AOTIGenerator` does), or ``torch.ops.load_library`` of ``libfsgan_fast_ops`` (CMakeLists.txt) in C++.
+- ``"triton"``: our Triton kernels (``torch.library.triton_op``), which AOTInductor compiles into the package
+  beside its own; CUDA devices only (under the CPU interpreter the kernels cannot be traced). Not yet run on a
+  GPU.
 
 A package is compiled for the device (and CPU ISA) of the model it was made from.
 """
@@ -30,12 +33,18 @@ NATIVE_OPS_KEY = "fsgan_fast.native_ops"  # JSON list of the fsgan_fast ops the 
 
 
 def graph_ops(program: torch.export.ExportedProgram) -> list[str]:
-    """Names of the ``torch.ops.fsgan_fast`` ops a program calls (e.g. ``_lfm_fuse_cpu``), sorted."""
+    """Names of the ``torch.ops.fsgan_fast`` ops a compiled program calls at run time (e.g. ``_lfm_fuse_cpu``).
+
+    Triton ops (``_<op>_triton``, the ``triton`` lowering) are left out: AOTInductor compiles their kernels
+    into the package.
+    """
     names = set()
     for node in program.graph.nodes:
         target = node.target
         if node.op == "call_function" and isinstance(target, torch._ops.OpOverload) and target.namespace == "fsgan_fast":
-            names.add(target._schema.name.split("::", 1)[1])
+            name = target._schema.name.split("::", 1)[1]
+            if not name.endswith("_triton"):
+                names.add(name)
     return sorted(names)
 
 

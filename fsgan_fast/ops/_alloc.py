@@ -1,22 +1,6 @@
-"""Output allocation for Python-launched kernels.
+"""Output allocation for Python-launched kernels: :mod:`fsgan_fast.kernels._alloc`, which the (pure) kernels
+import themselves; re-exported here for the ops."""
 
-With ``FSGAN_FAST_POISON=1`` (the test suite sets it) new buffers are filled with NaN (integers with
--1), so a kernel that forgets to write an element fails the comparison instead of passing on a zero.
-"""
+from fsgan_fast.kernels._alloc import empty, poisoned
 
-from __future__ import annotations
-
-import os
-
-import torch
-
-
-def poisoned() -> bool:
-    return os.environ.get("FSGAN_FAST_POISON", "0") not in ("", "0")
-
-
-def empty(shape, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
-    out = torch.empty(shape, dtype=dtype, device=device)
-    if poisoned():
-        out.fill_(float("nan") if dtype.is_floating_point else -1)
-    return out
+__all__ = ["empty", "poisoned"]

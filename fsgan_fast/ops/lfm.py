@@ -41,98 +41,42 @@ import torch
 from torch import Tensor
 
 from fsgan_fast import backends
-from fsgan_fast.ops import _alloc
+from fsgan_fast.ops import _common
 
 EPS = 1e-8
-
-for _name in ("lfm_fuse", "lfm_apply", "lfm_apply_backward"):
-    backends.register_op(backends.OpSpec(name=_name, backends=backends.BACKENDS, native=f"_{_name}"))
-
-# Private kernels implemented in C++ (csrc/lfm/): schemas written once, here. csrc/ops.cpp repeats them
-# for the CMake build only, and tests/test_cmake_build.py checks that both agree.
-NATIVE_SCHEMAS = {
-    "_lfm_fuse_{dev}": "(Tensor feats, Tensor base, Tensor positions, Tensor alpha) -> (Tensor, Tensor)",
-    "_lfm_apply_{dev}": "(Tensor x, Tensor base, Tensor positions, Tensor ref_idx, Tensor alpha) -> Tensor",
-    "_lfm_apply_backward_{dev}": (
-        "(Tensor grad, Tensor x, Tensor base, Tensor positions, Tensor ref_idx, Tensor alpha) -> (Tensor, Tensor)"
-    ),
-}
-_lib = torch.library.Library("fsgan_fast", "FRAGMENT")
-for _dev in ("cpu", "cuda"):
-    for _stem, _sig in NATIVE_SCHEMAS.items():
-        _lib.define(_stem.format(dev=_dev) + _sig)
 
 
 # ---------------------------------------------------------------------------------------------------
 # Validation
 
 
-def _fail(exc: type[Exception], msg: str) -> None:
-    raise exc(msg)
-
-
-def _check_float(name: str, t: object) -> None:
-    if not isinstance(t, Tensor):
-        _fail(TypeError, f"{name} must be a torch.Tensor, got {type(t).__name__}")
-    if not t.is_floating_point():
-        _fail(TypeError, f"{name} must be a floating tensor, got dtype {t.dtype}")
-
-
-def _check_int(name: str, t: object) -> None:
-    if not isinstance(t, Tensor):
-        _fail(TypeError, f"{name} must be a torch.Tensor, got {type(t).__name__}")
-    if t.is_floating_point() or t.is_complex() or t.dtype == torch.bool:
-        _fail(TypeError, f"{name} must be an integer tensor, got dtype {t.dtype}")
-
-
-def _check_shape(name: str, t: Tensor, expected: tuple[int, ...], what: str) -> None:
-    if tuple(t.shape) != expected:
-        _fail(ValueError, f"{name} must have shape {list(expected)} ({what}), got {list(t.shape)}")
-
-
-def _check_device(ref_name: str, ref: Tensor, **others: Tensor) -> None:
-    for name, t in others.items():
-        if t.device != ref.device:
-            _fail(ValueError, f"{name} is on {t.device} but {ref_name} is on {ref.device}: all inputs must share a device")
-
-
 def _check_common(
     x_name: str, x: Tensor, base: Tensor, positions: Tensor, alpha: Tensor | None, check_indices: bool
 ) -> tuple[int, int, int, int, int, int]:
-    _check_float(x_name, x)
-    if x.dim() != 5:
-        _fail(ValueError, f"{x_name} must be 5-D [B, K, C, H, W], got {x.dim()}-D shape {list(x.shape)}")
+    _common.check_float(x_name, x)
+    _common.check_rank(x_name, x, ("B", "K", "C", "H", "W"))
     B, K, C, H, W = x.shape
     if K < 2:
-        _fail(ValueError, f"{x_name} needs K >= 2 shots (one base and at least one reference), got K={K}")
+        raise ValueError(f"{x_name} needs K >= 2 shots (one base and at least one reference), got K={K}")
     if C < 1 or H < 1 or W < 1:
-        _fail(ValueError, f"{x_name} must have C, H, W >= 1, got shape {list(x.shape)}")
-    _check_int("base", base)
-    _check_int("positions", positions)
-    _check_shape("base", base, (B,), "one base shot index per batch row")
+        raise ValueError(f"{x_name} must have C, H, W >= 1, got shape {list(x.shape)}")
+    _common.check_int("base", base)
+    _common.check_int("positions", positions)
+    _common.check_shape("base", base, (B,), "one base shot index per batch row")
     if positions.dim() != 2 or positions.shape[0] != B:
-        _fail(ValueError, f"positions must have shape [B={B}, n], got {list(positions.shape)}")
+        raise ValueError(f"positions must have shape [B={B}, n], got {list(positions.shape)}")
     P, n = H * W, positions.shape[1]
     if n > P:
-        _fail(ValueError, f"positions selects n={n} positions but the grid has only H*W={P}")
-    _check_device(x_name, x, base=base, positions=positions)
+        raise ValueError(f"positions selects n={n} positions but the grid has only H*W={P}")
+    _common.check_device(x_name, x, base=base, positions=positions)
     if alpha is not None:
-        _check_float("alpha", alpha)
-        _check_shape("alpha", alpha, (B, K), "one weight per batch row and shot")
-        _check_device(x_name, x, alpha=alpha)
-    if check_indices and not torch.compiler.is_compiling() and B > 0:
-        if bool(((base < 0) | (base >= K)).any()):
-            bad = base[(base < 0) | (base >= K)][0].item()
-            _fail(ValueError, f"base must lie in [0, K={K}), got {bad}")
-        if n > 0:
-            if bool(((positions < 0) | (positions >= P)).any()):
-                bad = positions[(positions < 0) | (positions >= P)][0].item()
-                _fail(ValueError, f"positions must lie in [0, H*W={P}), got {bad}")
-            srt = positions.sort(dim=1).values
-            dup = srt[:, 1:] == srt[:, :-1]
-            if bool(dup.any()):
-                row = int(dup.any(dim=1).nonzero()[0].item())
-                _fail(ValueError, f"positions must be distinct within each row; row {row} repeats a position")
+        _common.check_float("alpha", alpha)
+        _common.check_shape("alpha", alpha, (B, K), "one weight per batch row and shot")
+        _common.check_device(x_name, x, alpha=alpha)
+    if check_indices:
+        _common.check_index_range("base", base, K, "K")
+        _common.check_index_range("positions", positions, P, "H*W")
+        _common.check_distinct_rows("positions", positions)
     return B, K, C, H, W, n
 
 
@@ -144,13 +88,11 @@ def _check_lfm_apply(
     x: Tensor, base: Tensor, positions: Tensor, ref_idx: Tensor, alpha: Tensor, check_indices: bool = True
 ) -> None:
     B, K, C, H, W, n = _check_common("x", x, base, positions, alpha, check_indices)
-    _check_int("ref_idx", ref_idx)
-    _check_shape("ref_idx", ref_idx, (B, K - 1, n), "one match per batch row, reference and selected position")
-    _check_device("x", x, ref_idx=ref_idx)
-    if check_indices and not torch.compiler.is_compiling() and ref_idx.numel() > 0:
-        bad_mask = (ref_idx < 0) | (ref_idx >= H * W)
-        if bool(bad_mask.any()):
-            _fail(ValueError, f"ref_idx must lie in [0, H*W={H * W}), got {ref_idx[bad_mask][0].item()}")
+    _common.check_int("ref_idx", ref_idx)
+    _common.check_shape("ref_idx", ref_idx, (B, K - 1, n), "one match per batch row, reference and selected position")
+    _common.check_device("x", x, ref_idx=ref_idx)
+    if check_indices:
+        _common.check_index_range("ref_idx", ref_idx, H * W, "H*W")
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -216,7 +158,7 @@ def lfm_apply_backward_reference(
     B, K, C, H, W = x.shape
     P, n = H * W, positions.shape[1]
     base, positions, ref_idx = base.long(), positions.long(), ref_idx.long()
-    acc = torch.float64 if x.dtype == torch.float64 else torch.float32
+    acc = _common.opmath(x.dtype)
     g = grad.to(acc).reshape(B, C, P)
     xf = x.to(acc).reshape(B, K, C, P)
     a = alpha.to(acc)
@@ -248,30 +190,42 @@ def lfm_apply_backward_reference(
 
 # ---------------------------------------------------------------------------------------------------
 # Custom ops. Each body dispatches on a backend name resolved by the public function, so torch.compile and
-# torch.export see one opaque op with a fake impl; the backward is itself a custom op.
+# torch.export see one opaque op with a fake impl; the backward is itself a custom op. The fast backends call
+# the kernels directly (_common.kernel: the C++ op or the Triton launcher), which take contiguous int64 indices
+# and alpha in the opmath dtype; the lowerings call the private ops (_common.kernel_op), which traces keep.
 
 
-def _opmath(dtype: torch.dtype) -> torch.dtype:
-    return torch.float64 if dtype == torch.float64 else torch.float32
-
-
-def _native(stem: str, device: torch.device):
-    return getattr(torch.ops.fsgan_fast, f"{stem}_{'cuda' if device.type == 'cuda' else 'cpu'}")
-
-
-def _kernels():
-    from fsgan_fast.kernels import lfm as triton_lfm  # imported lazily: triton is optional
-
-    return triton_lfm
-
-
-def _prep(x: Tensor, base: Tensor, positions: Tensor, alpha: Tensor):
-    return x.contiguous(), base.long().contiguous(), positions.long().contiguous(), alpha.to(_opmath(x.dtype)).contiguous()
-
-
-def _fake_fuse_native(feats, base, positions, alpha):
+def _fake_fuse(feats, base, positions, alpha):
     B, K, C, H, W = feats.shape
     return feats.new_empty(B, C, H, W), feats.new_empty(B, K - 1, positions.shape[1], dtype=torch.int64)
+
+
+def _fake_apply(x, base, positions, ref_idx, alpha):
+    B, K, C, H, W = x.shape
+    return x.new_empty(B, C, H, W)
+
+
+def _fake_apply_backward(grad, x, base, positions, ref_idx, alpha):
+    return x.new_empty(x.shape), alpha.new_empty(alpha.shape)
+
+
+# Private kernel ops, one schema per op written once, here: _<op>_cpu / _<op>_cuda (C++, csrc/lfm/) and
+# _<op>_triton (kernels/lfm.py) take the same arguments. csrc/ops.cpp repeats the C++ ones for the CMake build
+# only, and tests/test_cmake_build.py checks that both agree.
+NATIVE_SCHEMAS = {
+    "_lfm_fuse_{dev}": "(Tensor feats, Tensor base, Tensor positions, Tensor alpha) -> (Tensor, Tensor)",
+    "_lfm_apply_{dev}": "(Tensor x, Tensor base, Tensor positions, Tensor ref_idx, Tensor alpha) -> Tensor",
+    "_lfm_apply_backward_{dev}": (
+        "(Tensor grad, Tensor x, Tensor base, Tensor positions, Tensor ref_idx, Tensor alpha) -> (Tensor, Tensor)"
+    ),
+}
+# registers the three ops with fsgan_fast.backends and defines their private ops, Triton ones from kernels/lfm.py
+_common.define_ops(
+    "lfm",
+    NATIVE_SCHEMAS,
+    fakes={"lfm_fuse": _fake_fuse, "lfm_apply": _fake_apply, "lfm_apply_backward": _fake_apply_backward},
+    triton={"lfm_fuse": "lfm_fuse_fwd", "lfm_apply": "lfm_apply_fwd", "lfm_apply_backward": "lfm_apply_bwd"},
+)
 
 
 @torch.library.custom_op("fsgan_fast::lfm_fuse", mutates_args=())
@@ -279,32 +233,24 @@ def _lfm_fuse_op(feats: Tensor, base: Tensor, positions: Tensor, alpha: Tensor, 
     if backend == "reference":
         fused, ref_idx = lfm_fuse_reference(feats, base, positions, alpha)
         return fused.contiguous(), ref_idx
-    feats, base, positions, alpha = _prep(feats, base, positions, alpha)
-    if backend == "triton":
-        return _kernels().lfm_fuse_fwd(feats, base, positions, alpha)
-    return _native("_lfm_fuse", feats.device)(feats, base, positions, alpha)
+    return _common.kernel("lfm_fuse", backend, feats.device)(*_common.prep(feats, base, positions, weights=alpha))
 
 
 @_lfm_fuse_op.register_fake
 def _(feats, base, positions, alpha, backend):
-    return _fake_fuse_native(feats, base, positions, alpha)
+    return _fake_fuse(feats, base, positions, alpha)
 
 
 @torch.library.custom_op("fsgan_fast::lfm_apply", mutates_args=())
 def _lfm_apply_op(x: Tensor, base: Tensor, positions: Tensor, ref_idx: Tensor, alpha: Tensor, backend: str) -> Tensor:
     if backend == "reference":
         return lfm_apply_reference(x, base, positions, ref_idx, alpha).contiguous()
-    x, base, positions, alpha = _prep(x, base, positions, alpha)
-    ref_idx = ref_idx.long().contiguous()
-    if backend == "triton":
-        return _kernels().lfm_apply_fwd(x, base, positions, ref_idx, alpha)
-    return _native("_lfm_apply", x.device)(x, base, positions, ref_idx, alpha)
+    return _common.kernel("lfm_apply", backend, x.device)(*_common.prep(x, base, positions, ref_idx, weights=alpha))
 
 
 @_lfm_apply_op.register_fake
 def _(x, base, positions, ref_idx, alpha, backend):
-    B, K, C, H, W = x.shape
-    return x.new_empty(B, C, H, W)
+    return _fake_apply(x, base, positions, ref_idx, alpha)
 
 
 @torch.library.custom_op("fsgan_fast::lfm_apply_backward", mutates_args=())
@@ -313,19 +259,15 @@ def _lfm_apply_backward_op(
 ) -> tuple[Tensor, Tensor]:
     if backend == "reference":
         return lfm_apply_backward_reference(grad, x, base, positions, ref_idx, alpha)
-    alpha_dtype = alpha.dtype
-    x, base, positions, alpha = _prep(x, base, positions, alpha)
-    grad, ref_idx = grad.to(x.dtype).contiguous(), ref_idx.long().contiguous()
-    if backend == "triton":
-        grad_x, grad_alpha = _kernels().lfm_apply_bwd(grad, x, base, positions, ref_idx, alpha)
-    else:
-        grad_x, grad_alpha = _native("_lfm_apply_backward", x.device)(grad, x, base, positions, ref_idx, alpha)
-    return grad_x, grad_alpha.to(alpha_dtype)
+    kernel = _common.kernel("lfm_apply_backward", backend, x.device)
+    args = _common.prep(x, base, positions, ref_idx, weights=alpha)
+    grad_x, grad_alpha = kernel(grad.to(x.dtype).contiguous(), *args)
+    return grad_x, grad_alpha.to(alpha.dtype)
 
 
 @_lfm_apply_backward_op.register_fake
 def _(grad, x, base, positions, ref_idx, alpha, backend):
-    return x.new_empty(x.shape), alpha.new_empty(alpha.shape)
+    return _fake_apply_backward(grad, x, base, positions, ref_idx, alpha)
 
 
 def _setup_fuse(ctx, inputs, output) -> None:
@@ -357,31 +299,6 @@ _lfm_fuse_op.register_autograd(_backward_fuse, setup_context=_setup_fuse)
 _lfm_apply_op.register_autograd(_backward_apply, setup_context=_setup_apply)
 
 
-def _register_native_fakes() -> None:
-    for dev in ("cpu", "cuda"):
-        torch.library.register_fake(f"fsgan_fast::_lfm_fuse_{dev}", _fake_fuse_native, lib=_lib)
-        torch.library.register_fake(
-            f"fsgan_fast::_lfm_apply_{dev}", lambda x, b, p, r, a: x.new_empty(x.shape[0], *x.shape[2:]), lib=_lib
-        )
-        torch.library.register_fake(
-            f"fsgan_fast::_lfm_apply_backward_{dev}", lambda g, x, b, p, r, a: (x.new_empty(x.shape), a.new_empty(a.shape)), lib=_lib
-        )
-
-
-_register_native_fakes()
-
-
-def _lowered(op: str, x: Tensor) -> str | None:
-    """The export lowering in force (see :func:`fsgan_fast.backends.lowering`); checks native kernels exist."""
-    mode = backends.active_lowering()
-    if mode == "native":
-        kind = "cuda" if x.device.type == "cuda" else "cpu"
-        reason = backends.why_unavailable(op, kind, x.device, x.dtype)
-        if reason is not None:
-            raise backends.BackendUnavailableError(f"native lowering of {op!r} on {x.device.type}: {reason}")
-    return mode
-
-
 # ---------------------------------------------------------------------------------------------------
 # Public API: the only names nn/ and models/ import.
 
@@ -395,11 +312,12 @@ def lfm_fuse(
     :mod:`fsgan_fast.backends` for this call.
     """
     _check_lfm_fuse(feats, base, positions, alpha, check_indices)
-    lowered = _lowered("lfm_fuse", feats)
+    lowered = _common.lowering("lfm_fuse", feats)
     if lowered == "reference":
         return lfm_fuse_reference(feats, base, positions, alpha)
-    if lowered == "native":
-        return _native("_lfm_fuse", feats.device)(*_prep(feats, base, positions, alpha))
+    if lowered is not None:  # the private kernel op itself, which traced graphs keep
+        args = _common.prep(feats, base, positions, weights=alpha)
+        return _common.kernel_op("lfm_fuse", lowered, feats.device)(*args)
     name = backends.resolve("lfm_fuse", feats.device, feats.dtype, backend)
     backends.resolve("lfm_apply_backward", feats.device, feats.dtype, name)
     return _lfm_fuse_op(feats, base, positions, alpha, name)
@@ -417,12 +335,12 @@ def lfm_apply(
 ) -> Tensor:
     """Re-apply recorded matches ``ref_idx`` to ``x [B,K,C',H,W]`` (same grid as the matched features)."""
     _check_lfm_apply(x, base, positions, ref_idx, alpha, check_indices)
-    lowered = _lowered("lfm_apply", x)
+    lowered = _common.lowering("lfm_apply", x)
     if lowered == "reference":
         return lfm_apply_reference(x, base, positions, ref_idx, alpha)
-    if lowered == "native":
-        x, base, positions, alpha = _prep(x, base, positions, alpha)
-        return _native("_lfm_apply", x.device)(x, base, positions, ref_idx.long().contiguous(), alpha)
+    if lowered is not None:
+        args = _common.prep(x, base, positions, ref_idx, weights=alpha)
+        return _common.kernel_op("lfm_apply", lowered, x.device)(*args)
     name = backends.resolve("lfm_apply", x.device, x.dtype, backend)
     backends.resolve("lfm_apply_backward", x.device, x.dtype, name)
     return _lfm_apply_op(x, base, positions, ref_idx, alpha, name)

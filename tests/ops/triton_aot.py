@@ -4,61 +4,39 @@ The CPU interpreter runs the kernels' arithmetic but never lowers them: a kernel
 interpreter test and still fail to compile for a GPU, or compile into one that needs more shared memory
 than the GPU has (caught only at launch) or spills its registers to local memory. Triton compiles for an
 explicit ``GPUTarget`` with no device present (its wheel ships ptxas and cuobjdump), so this script lowers
-every kernel variant the launchers would pick for the given shapes to a cubin and prints, as JSON, the
-resource usage that ptxas assigned.
+every kernel variant the launchers would pick to a cubin and prints, as JSON, the resource usage that ptxas
+assigned, one row per (arch, op, variant).
+
+The variants come from each op family's provider, ``@kit.aot_variants(family, shapes)`` in
+``tests/ops/test_<op>.py``: ``fn(shape, dtype)`` yields ``kit.AotVariant(op, kernel, signature, constexprs,
+num_warps)`` for the block sizes the launchers pick; each is compiled for every dtype its op's spec lists.
 
 Run as ``TRITON_INTERPRET=0 python -m tests.ops.triton_aot [ARCH ...]`` (default 90): it must import the
-kernels with the interpreter off, hence a separate process.
+kernels with the interpreter off, hence a separate process. ``FSGAN_FAST_AOT_JOBS`` compiles in that many
+forked processes (default: half the CPUs, at most 8; one on a 2-core CI machine).
 """
 
 from __future__ import annotations
 
+import concurrent.futures
 import json
+import multiprocessing
 import os
 import re
 import subprocess
 import sys
 import tempfile
 
-import torch
 import triton
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 
-from fsgan_fast.kernels import lfm
+from tests.ops import kit
 
-TRITON_TYPES = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}
+TRITON_TYPES = kit.TRITON_TYPES
 
-# (B, K, C, H, W, n): the benchmark sizes of PERFORMANCE.md, LoFGAN's 64/128/256 px generators
-# (8x8 feature grid, half the positions selected), and tiny/odd shapes that take the smallest blocks
-SHAPES = [
-    (8, 3, 128, 8, 8, 32),
-    (64, 5, 256, 16, 16, 128),
-    (1, 3, 128, 8, 8, 32),
-    (64, 3, 128, 8, 8, 32),
-    (8, 3, 256, 16, 16, 128),
-    (2, 2, 3, 5, 7, 1),
-]
-
-
-def _fwd_variants(B, K, C, H, W, n, dtype):
-    P = H * W
-    cfg = dict(lfm._fwd_config(B, C, P, n, dtype))
-    warps = cfg.pop("num_warps")
-    t = TRITON_TYPES[dtype]
-    signature = dict(x_ptr=f"*{t}", base_ptr="*i64", pos_ptr="*i64", alpha_ptr="*fp32", idx_ptr="*i64",
-                     out_ptr=f"*{t}", K="i32", C="i32", P="i32", n="i32", num_t_blocks="i32", blocks_per_row="i32")
-    for match in (True, False):  # lfm_fuse forward / lfm_apply forward
-        yield lfm._lfm_fwd_kernel, signature, dict(MATCH=match, **cfg), warps
-
-
-def _bwd_variants(B, K, C, H, W, n, dtype):
-    cfg = dict(lfm._bwd_config(C, H * W, n, dtype))
-    warps = cfg.pop("num_warps")
-    t = TRITON_TYPES[dtype]
-    signature = dict(grad_ptr=f"*{t}", x_ptr=f"*{t}", base_ptr="*i64", pos_ptr="*i64", idx_ptr="*i64",
-                     alpha_ptr="*fp32", gx_ptr=f"*{t}", ga_ptr="*fp32", K="i32", C="i32", P="i32", n="i32")
-    yield lfm._lfm_bwd_kernel, signature, cfg, warps
+# (arch, family, shape, dtype name, variant) to compile; module-level so that forked workers inherit it
+_JOBS: list[tuple] = []
 
 
 def _resources(cubin: bytes) -> dict:
@@ -72,26 +50,42 @@ def _resources(cubin: bytes) -> dict:
     return {key.lower(): int(val) for key, val in re.findall(r"\b(REG|STACK|LOCAL|SHARED):(\d+)", text)}
 
 
-def compile_all(archs: list[int]) -> list[dict]:
-    seen, rows = set(), []
+def _compile(i: int) -> dict:
+    arch, _, _, _, v = _JOBS[i]
+    src = ASTSource(fn=v.kernel, signature={**v.signature, **{k: "constexpr" for k in v.constexprs}},
+                    constexprs=v.constexprs)
+    kernel = triton.compile(src, target=GPUTarget("cuda", arch, 32), options={"num_warps": v.num_warps})
+    return dict(shared_bytes=int(kernel.metadata.shared), **_resources(kernel.asm["cubin"]))
+
+
+def _key(arch: int, dtype: str, v: kit.AotVariant) -> tuple:
+    return (arch, v.kernel.__name__, dtype, tuple(sorted(v.signature.items())), tuple(sorted(v.constexprs.items())),
+            v.num_warps)
+
+
+def compile_all(archs: list[int], jobs: int = 1) -> list[dict]:
+    kit.load_op_tests()
+    rows, first_job, served = [], {}, set()
     for arch in archs:
-        target = GPUTarget("cuda", arch, 32)
-        for shape in SHAPES:
-            for dtype in TRITON_TYPES:
-                for variants in (_fwd_variants, _bwd_variants):
-                    for fn, signature, consts, warps in variants(*shape, dtype):
-                        key = (arch, fn.__name__, TRITON_TYPES[dtype], tuple(sorted(consts.items())), warps)
-                        if key in seen:
-                            continue
-                        seen.add(key)
-                        src = ASTSource(fn=fn, signature={**signature, **{k: "constexpr" for k in consts}},
-                                        constexprs=consts)
-                        kernel = triton.compile(src, target=target, options={"num_warps": warps})
-                        row = dict(arch=arch, kernel=fn.__name__, dtype=TRITON_TYPES[dtype], shape=list(shape),
-                                   warps=warps, constexprs={k: v for k, v in consts.items()},
-                                   shared_bytes=int(kernel.metadata.shared))
-                        row.update(_resources(kernel.asm["cubin"]))
-                        rows.append(row)
+        for family, shape, dtype, v in kit.all_aot_variants():
+            key = _key(arch, TRITON_TYPES[dtype], v)
+            if key not in first_job:
+                first_job[key] = len(_JOBS)
+                _JOBS.append((arch, family, shape, TRITON_TYPES[dtype], v))
+            if (v.op, key) in served:  # one row per op and variant (two ops may share a variant)
+                continue
+            served.add((v.op, key))
+            rows.append(dict(arch=arch, family=family, op=v.op, kernel=v.kernel.__name__, dtype=TRITON_TYPES[dtype],
+                             shape=list(shape), warps=v.num_warps, constexprs=dict(v.constexprs), job=first_job[key]))
+    if jobs > 1 and len(_JOBS) > 1:
+        # fork: the workers inherit the imported kernels and _JOBS (nothing here has touched a GPU)
+        pool = concurrent.futures.ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("fork"))
+        with pool:
+            results = list(pool.map(_compile, range(len(_JOBS))))
+    else:
+        results = [_compile(i) for i in range(len(_JOBS))]
+    for row in rows:
+        row.update(results[row.pop("job")])
     return rows
 
 
@@ -99,7 +93,8 @@ def main(argv: list[str]) -> None:
     if os.environ.get("TRITON_INTERPRET", "0") not in ("", "0"):
         sys.exit("run with TRITON_INTERPRET=0: the interpreter replaces the kernels it would compile")
     archs = [int(a) for a in argv] or [90]
-    json.dump(compile_all(archs), sys.stdout, indent=1)
+    jobs = int(os.environ.get("FSGAN_FAST_AOT_JOBS", max(1, min(8, (os.cpu_count() or 2) // 2))))
+    json.dump(compile_all(archs, jobs), sys.stdout, indent=1)
 
 
 if __name__ == "__main__":

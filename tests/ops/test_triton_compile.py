@@ -1,11 +1,11 @@
-"""The Triton kernels compile for the GPUs we target, within their resources, on a machine without a GPU.
+"""Every registered op's Triton kernels compile for the GPUs we target, within their resources, without a GPU.
 
 The interpreter tests check the kernels' arithmetic; this checks the lowering the interpreter skips:
-every variant the launchers pick for the benchmark and model shapes compiles to a cubin for sm_90
-(H100/H200) and sm_80 (A100), its shared memory fits the GPU, and on sm_90, which the block sizes are
-tuned for, ptxas keeps it in registers (no local memory, at most a few words of stack). On sm_80 some
-variants spill a few hundred bytes with triton 3.6 (the fp32 backward at B64 K5 C256 16x16: 208 B):
-slower there, not wrong.
+every variant the launchers pick for the providers' shapes (``@kit.aot_variants`` in ``tests/ops/test_<op>.py``,
+compiled by ``tests/ops/triton_aot.py``) compiles to a cubin for sm_90 (H100/H200) and sm_80 (A100) in every
+dtype its op takes, its shared memory fits the GPU, and on sm_90, which the block sizes are tuned for, ptxas
+keeps it in registers (no local memory, at most a few words of stack). On sm_80 some variants spill a few
+hundred bytes with triton 3.6 (lfm's fp32 backward at B64 K5 C256 16x16: 208 B): slower there, not wrong.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ import sys
 import pytest
 
 from fsgan_fast import backends
+from tests.ops import kit
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 # dynamic shared memory a block may use (CUDA programming guide, compute capabilities table)
@@ -41,21 +42,33 @@ def compiled():
     return json.loads(proc.stdout)
 
 
-def test_every_variant_compiles_for_each_target(compiled):
-    from tests.ops.triton_aot import TRITON_TYPES
+def test_every_triton_op_has_a_variant_provider():
+    """A registered op with a Triton backend needs an AOT provider yielding its variants (runs without a GPU
+    toolchain: it only calls the providers)."""
+    if not backends.triton_installed():
+        pytest.skip("the 'triton' package is not installed")
+    kit.load_op_tests()
+    covered = {v.op for _, _, _, v in kit.all_aot_variants()}
+    missing = [f"{op} (family {kit.family(op)!r})" for op in kit.ops_with_backend("triton") if op not in covered]
+    assert not missing, (f"no Triton AOT variants for {missing}: add a @kit.aot_variants('<family>', shapes) provider "
+                         f"to tests/ops/test_<family>.py (families with one: {sorted(kit.AOT_PROVIDERS)})")
+    unknown = sorted(covered - set(kit.ops_with_backend("triton")))
+    assert not unknown, f"AOT variants name ops without a Triton backend: {unknown}"
 
+
+def test_every_variant_compiles_for_each_target(compiled):
+    """Each registered Triton op compiled in every dtype its spec lists, for each target."""
+    ops = kit.ops_with_backend("triton")
+    expected = {(op, kit.TRITON_TYPES[d]) for op in ops for d in kit.op_spec(op).triton_dtypes}
     for arch in SHARED_LIMIT:
-        rows = [r for r in compiled if r["arch"] == arch]
-        kernels = {(r["kernel"], r["dtype"], r["constexprs"].get("MATCH")) for r in rows}
-        expected = {("_lfm_fwd_kernel", t, m) for t in TRITON_TYPES.values() for m in (True, False)}
-        expected |= {("_lfm_bwd_kernel", t, None) for t in TRITON_TYPES.values()}
-        assert kernels == expected, f"sm_{arch}: compiled {sorted(kernels, key=str)}"
+        got = {(r["op"], r["dtype"]) for r in compiled if r["arch"] == arch}
+        assert got == expected, f"sm_{arch}: missing {sorted(expected - got)}, unexpected {sorted(got - expected)}"
 
 
 def test_resources_fit_the_gpu(compiled):
     problems = []
     for r in compiled:
-        what = f"sm_{r['arch']} {r['kernel']} {r['dtype']} {r['constexprs']} (shape {r['shape']})"
+        what = f"sm_{r['arch']} {r['op']}: {r['kernel']} {r['dtype']} {r['constexprs']} (shape {r['shape']})"
         if r["shared_bytes"] > SHARED_LIMIT[r["arch"]]:
             problems.append(f"{what}: {r['shared_bytes']} B of shared memory > {SHARED_LIMIT[r['arch']]}")
         if r["reg"] > 255:
