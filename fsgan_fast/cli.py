@@ -111,6 +111,14 @@ def _build(cls: type, values: dict[str, Any], what: str) -> Any:
     return configs.build(cls, values, where=what)
 
 
+def _command_options(args: argparse.Namespace, spec, generic: type, model_field: str, command: str):
+    """``(generic options, the model's own options or None)`` of a ``generate|export|eval MODEL`` command."""
+    what = f"{command} {spec.name}"
+    opts = _build(generic, _options(args, generic), what)
+    cls = spec.get(model_field)
+    return opts, (_build(cls, _options(args, cls), what) if cls is not None else None)
+
+
 def _set_backend(name: str | None) -> None:
     if name is not None:
         import fsgan_fast
@@ -297,9 +305,7 @@ def _cmd_generate(args: argparse.Namespace) -> int:
     import torch
 
     spec = _registry().get(args.model)
-    opts = _build(GenerateOptions, _options(args, GenerateOptions), f"generate {spec.name}")
-    model_opts_cls = spec.get("generate_options")
-    model_opts = _build(model_opts_cls, _options(args, model_opts_cls), f"generate {spec.name}")
+    opts, model_opts = _command_options(args, spec, GenerateOptions, "generate_options", "generate")
     _set_backend(opts.backend)
     device = _device(opts.device)
     out = _writable_folder(Path(opts.out), "--out")
@@ -339,9 +345,7 @@ def _cmd_export(args: argparse.Namespace) -> int:
     spec = _registry().get(args.model)
     if spec.graph is None:
         raise CLIError(f"{spec.name} has no export graph")
-    opts = _build(ExportOptions, _options(args, ExportOptions), f"export {spec.name}")
-    graph_opts_cls = spec.get("export_options")
-    graph_opts = _build(graph_opts_cls, _options(args, graph_opts_cls), f"export {spec.name}") if graph_opts_cls else None
+    opts, graph_opts = _command_options(args, spec, ExportOptions, "export_options", "export")
     try:
         batch = export.parse_batch_range(opts.batch)
     except ValueError as e:
@@ -468,9 +472,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     spec = _registry().get(args.model)
     if spec.evaluate is None:
         raise CLIError(f"{spec.name} has no evaluation protocol registered yet")
-    opts = _build(EvalOptions, _options(args, EvalOptions), f"eval {spec.name}")
-    model_opts_cls = spec.get("eval_options")
-    model_opts = _build(model_opts_cls, _options(args, model_opts_cls), f"eval {spec.name}") if model_opts_cls else None
+    opts, model_opts = _command_options(args, spec, EvalOptions, "eval_options", "eval")
     device = _device(opts.device)
     model = _load_model(spec, opts.ckpt, device)
     results = spec.get("evaluate")(model, model_opts, device=device, seed=opts.seed)
