@@ -263,6 +263,14 @@ def last_backend(op: str) -> str | None:
     return _last.get(op)
 
 
+def forget_last_backend(op: str | None = None) -> None:
+    """Clear what :func:`last_backend` reports for ``op`` (all ops when None), so a stale record cannot pass a check."""
+    if op is None:
+        _last.clear()
+    else:
+        _last.pop(op, None)
+
+
 def info() -> dict:
     """Versions, devices, what built, and which backend each op takes on each device."""
     devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])

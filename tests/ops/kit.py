@@ -138,7 +138,7 @@ class Backend:
         """``fn(*args, backend=name, **kwargs)``, then assert that the registry recorded this backend for ``op``
         (default: ``fn``'s name when that is a registered op, else the fixture's op)."""
         op = op or (fn.__name__ if fn.__name__ in registered_ops() else self.op)
-        getattr(backends, "_last", {}).pop(op, None)  # a stale record from an earlier call must not pass the check
+        backends.forget_last_backend(op)  # a stale record from an earlier call must not pass the check
         out = fn(*args, backend=self.name, **kwargs)
         assert backends.last_backend(op) == self.name, f"{op} ran {backends.last_backend(op)!r}, not {self.name!r}"
         return out
