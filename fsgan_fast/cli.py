@@ -254,6 +254,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
     elif preset not in presets:
         raise CLIError(f"--preset {preset!r}: {spec.name} has presets {', '.join(presets) or 'none'}")
     explicit = {k: v for k, v in given.items() if k not in run_values}
+    if run.resume is not None and (args.preset or file_preset) not in (None, "auto"):
+        raise CLIError("--preset applies to new runs: a resumed run keeps its checkpoint's settings (drop --preset)")
 
     if run.resume is not None:
         # a resumed run starts from the checkpoint's settings; given options must agree (checked by the trainer)

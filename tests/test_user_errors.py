@@ -218,3 +218,8 @@ def test_garbled_split_json_on_resume(tmp_path, capsys):
                          "--no-progress"], capsys)
     assert code == 2 and "split.json" in err and "damaged" in err
     assert snapshot(run) == before
+
+
+def test_preset_with_resume_is_refused(toy_run, capsys):
+    code, err = run_cli(["train", "toy", "--out", toy_run, "--resume", "--iters", "5", "--preset", "large"], capsys)
+    assert code == 2 and "--preset applies to new runs" in err

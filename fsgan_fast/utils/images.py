@@ -33,10 +33,36 @@ def is_image_file(path: str | os.PathLike) -> bool:
 _OPEN_LOCK = threading.Lock()
 
 
+PIXEL_LIMIT_ENV = "FSGAN_FAST_MAX_IMAGE_PIXELS"  # the CLI user's way to raise PIL's bomb limit ("none": no limit)
+_KEEP = object()
+
+
+def _pixel_limit() -> object:
+    value = os.environ.get(PIXEL_LIMIT_ENV)
+    if value is None or not value.strip():
+        return _KEEP
+    if value.strip().lower() in ("none", "off"):
+        return None
+    try:
+        limit = int(value)
+    except ValueError:
+        limit = 0
+    if limit < 1:
+        raise ValueError(f"{PIXEL_LIMIT_ENV} must be a positive pixel count or 'none', got {value!r}")
+    return limit
+
+
 def _open(path: str | os.PathLike) -> Image.Image:
+    limit = _pixel_limit()
     with _OPEN_LOCK, warnings.catch_warnings():
         warnings.simplefilter("error", Image.DecompressionBombWarning)
-        return Image.open(path)
+        old = Image.MAX_IMAGE_PIXELS
+        if limit is not _KEEP:
+            Image.MAX_IMAGE_PIXELS = limit  # restored below: the lock keeps other loaders of ours out meanwhile
+        try:
+            return Image.open(path)
+        finally:
+            Image.MAX_IMAGE_PIXELS = old
 
 
 def _int_bits(im: Image.Image, arr: np.ndarray) -> int:
@@ -106,8 +132,9 @@ def read_image(path: str | os.PathLike, size: int | None = None) -> Tensor:
             arr = np.asarray(im, dtype=np.uint8)
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
         raise ValueError(
-            f"cannot read image {str(path)!r}: {e} If the file is trusted, raise PIL.Image.MAX_IMAGE_PIXELS "
-            f"(now {Image.MAX_IMAGE_PIXELS}; None disables the check) or downscale the image"
+            f"cannot read image {str(path)!r}: {e} If the file is trusted, set {PIXEL_LIMIT_ENV}=<pixels> (or "
+            f"'none') for the command line, or raise PIL.Image.MAX_IMAGE_PIXELS in Python (now "
+            f"{Image.MAX_IMAGE_PIXELS}; None disables the check); or downscale the image"
         ) from e
     except (OSError, UnidentifiedImageError, ValueError, SyntaxError, EOFError, struct.error, zlib.error) as e:
         # truncated or corrupt files raise OSError mostly, but some decoders leak the others

@@ -137,3 +137,21 @@ def test_truncated_file(tmp_path, fmt):
     (tmp_path / f"cut.{fmt}").write_bytes(data[: len(data) // 2])
     with pytest.raises(ValueError, match=rf"cannot read image .*cut\.{fmt}"):
         read_image(tmp_path / f"cut.{fmt}")
+
+
+def test_pixel_limit_from_the_environment(tmp_path, monkeypatch):
+    """FSGAN_FAST_MAX_IMAGE_PIXELS: the command line's way to lower or lift PIL's bomb limit, restored after."""
+    rng = np.random.default_rng(6)
+    Image.fromarray(rng.integers(0, 256, (30, 40, 3), dtype=np.uint8)).save(tmp_path / "big.png")
+    default = Image.MAX_IMAGE_PIXELS
+    monkeypatch.setenv("FSGAN_FAST_MAX_IMAGE_PIXELS", "500")
+    with pytest.raises(ValueError, match="FSGAN_FAST_MAX_IMAGE_PIXELS"):
+        read_image(tmp_path / "big.png")
+    assert Image.MAX_IMAGE_PIXELS == default
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 100)
+    monkeypatch.setenv("FSGAN_FAST_MAX_IMAGE_PIXELS", "none")
+    assert read_image(tmp_path / "big.png", 8).shape == (3, 8, 8)
+    assert Image.MAX_IMAGE_PIXELS == 100
+    monkeypatch.setenv("FSGAN_FAST_MAX_IMAGE_PIXELS", "lots")
+    with pytest.raises(ValueError, match="positive pixel count"):
+        read_image(tmp_path / "big.png")
