@@ -249,26 +249,25 @@ def _cmd_train(args: argparse.Namespace) -> int:
     run = _build(RunOptions, run_values, f"train {spec.name}")
     presets = spec.get("presets") or {}
     preset = args.preset or file_preset or "auto"
+    if run.resume is not None and preset != "auto":
+        raise CLIError("--preset applies to new runs: a resumed run keeps its checkpoint's settings (drop --preset)")
     if preset == "auto":
         preset = registry.default_preset(spec, run.data)
     elif preset not in presets:
         raise CLIError(f"--preset {preset!r}: {spec.name} has presets {', '.join(presets) or 'none'}")
     explicit = {k: v for k, v in given.items() if k not in run_values}
-    if run.resume is not None and (args.preset or file_preset) not in (None, "auto"):
-        raise CLIError("--preset applies to new runs: a resumed run keeps its checkpoint's settings (drop --preset)")
 
     if run.resume is not None:
         # a resumed run starts from the checkpoint's settings; given options must agree (checked by the trainer)
         path = run.resume_path
         state = load_checkpoint(path, spec.name)
-        base_model = configs.flatten(model_cls, {k: v for k, v in state["trainer"]["config"].items()
-                                                 if k in {cf.path[0] for cf in configs.cli_fields(model_cls)}},
-                                     where="checkpoint")
+        stored = state["trainer"]["config"]
+        base_model = configs.flatten(model_cls, _known(model_cls, stored), where="checkpoint")
         base_train = configs.flatten(train_cls, _known(train_cls, state["trainer"]["train"]), where="checkpoint")
         model_cfg = _build(model_cls, {**base_model, **explicit}, f"train {spec.name}")
-        hidden = {k: v for k, v in state["trainer"]["config"].items() if k not in base_model}
-        model_cfg = dataclasses.replace(model_cfg, **{k: v for k, v in hidden.items()
-                                                      if k in {f.name for f in dataclasses.fields(model_cls)}})
+        # fields set by code (e.g. a class count taken from the data) are no options: they come back from the checkpoint as they were
+        by_code = {f.name for f in dataclasses.fields(model_cls) if not f.metadata.get("cli", True)}
+        model_cfg = dataclasses.replace(model_cfg, **{k: v for k, v in stored.items() if k in by_code})
         train_cfg = _build(train_cls, {**base_train, **explicit}, f"train {spec.name}")
     else:
         defaults = dict(presets.get(preset, {})) if preset else {}

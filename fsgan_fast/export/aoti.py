@@ -121,9 +121,7 @@ class AOTIGenerator:
         # the package may call fsgan_fast's kernels (native lowering): they must be registered and built here,
         # said now rather than at the first call
         ops = json.loads(self.metadata.get(NATIVE_OPS_KEY, "[]"))
-        if ops:
-            import fsgan_fast.ops  # noqa: F401  registers the schemas and loads fsgan_fast._C
-
+        if ops:  # (importing fsgan_fast, as this module does, registered the ops and loaded fsgan_fast._C)
             missing = missing_kernels(ops, self.device)
             if missing:
                 raise backends.BackendUnavailableError(
