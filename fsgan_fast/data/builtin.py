@@ -44,11 +44,11 @@ def _photo(name: str) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(arr[..., :3])).permute(2, 0, 1).float()
 
 
-def builtin_classes(size: int = 64, per_class: int = 32, seed: int = 0) -> ImageClasses:
-    """``len(PHOTOS)`` classes of ``per_class`` crops each, ``size x size`` pixels."""
+def builtin_classes(size: int = 64, per_class: int = 32, seed: int = 0, photos: tuple[str, ...] = PHOTOS) -> ImageClasses:
+    """One class per photo of ``photos`` (default :data:`PHOTOS`), ``per_class`` crops each, ``size x size`` pixels."""
     gen = torch.Generator().manual_seed(seed)
     images = []
-    for name in PHOTOS:
+    for name in photos:
         photo = _photo(name)
         _, H, W = photo.shape
         for _ in range(per_class):
@@ -59,8 +59,8 @@ def builtin_classes(size: int = 64, per_class: int = 32, seed: int = 0) -> Image
             resized = F.interpolate(crop, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
             images.append(resized[0])
     stacked = torch.stack(images).round_().clamp_(0, 255).to(torch.uint8)
-    counts = torch.full((len(PHOTOS),), per_class, dtype=torch.int64)
-    return ImageClasses(stacked, counts, list(PHOTOS), source="builtin")
+    counts = torch.full((len(photos),), per_class, dtype=torch.int64)
+    return ImageClasses(stacked, counts, list(photos), source="builtin")
 
 
 __all__ = ["PHOTOS", "builtin_classes"]

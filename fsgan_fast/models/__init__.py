@@ -12,6 +12,7 @@ from fsgan_fast.models.lofgan import (  # noqa: E402  (registers "lofgan")
     LoFGANGenerator,
     similarity_figure,
 )
+from fsgan_fast.models.fastgan import FastGAN, FastGANConfig  # noqa: E402  (registers "fastgan")
 
 __all__ = ["ModelSpec", "available", "get", "load", "register", "unregister", "LoFGAN", "LoFGANConfig",
-           "LoFGANGenerator", "LoFGANDiscriminator", "similarity_figure"]
+           "LoFGANGenerator", "LoFGANDiscriminator", "similarity_figure", "FastGAN", "FastGANConfig"]

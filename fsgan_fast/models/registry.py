@@ -30,7 +30,7 @@ from fsgan_fast import configs
 log = logging.getLogger("fsgan_fast")
 
 ENTRY_POINT_GROUP = "fsgan_fast.models"
-BUILTIN_MODULES = ("fsgan_fast.models.lofgan",)
+BUILTIN_MODULES = ("fsgan_fast.models.lofgan", "fsgan_fast.models.fastgan")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -1,5 +1,6 @@
 """Hot-path ops: one module per op, each with its reference, custom op and public function."""
 
 from fsgan_fast.ops.lfm import lfm_apply, lfm_fuse, lfm_similarity
+from fsgan_fast.ops.sle_gate import sle_gate
 
-__all__ = ["lfm_fuse", "lfm_apply", "lfm_similarity"]
+__all__ = ["lfm_fuse", "lfm_apply", "lfm_similarity", "sle_gate"]
