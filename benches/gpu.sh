@@ -35,7 +35,7 @@ status=0
 python - <<'PY' || exit 3
 import importlib.util, sys
 need = ["torch", "triton", "numpy", "pytest", "pytest_benchmark", "ninja", "skimage", "PIL", "tqdm"]
-optional = ["onnx", "onnxscript", "onnxruntime", "tensorrt"]
+optional = ["onnx", "onnxscript", "onnxruntime", "tensorrt", "lpips"]
 missing = [m for m in need if importlib.util.find_spec(m) is None]
 print("optional, absent (their tests and benchmarks skip):", [m for m in optional if importlib.util.find_spec(m) is None])
 sys.exit(f"missing packages: {missing}" if missing else 0)

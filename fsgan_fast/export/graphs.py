@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import dataclasses
+import inspect
 import json
 import math
 from typing import Callable, Iterator
@@ -97,11 +98,46 @@ class GeneratorGraph:
                     worst[key] = max(worst[key], value if math.isfinite(value) else math.inf)
         return worst
 
-    def dynamic_shapes(self, batch: tuple[int, int, int]) -> dict[str, dict[int, torch.export.Dim] | None]:
-        """``torch.export`` dynamic shapes: one shared batch Dim within ``[batch[0], batch[2]]``."""
+    def dynamic_shapes(self, batch: tuple[int, int, int]) -> dict[str, object]:
+        """``torch.export`` dynamic shapes: one shared batch Dim within ``[batch[0], batch[2]]``.
+
+        Keyed by the module's ``forward`` arguments, which torch.export requires: inputs taken as ``*args`` (a
+        variable number of noise maps, say) share one key, holding a tuple of their specs.
+        """
         lo, _, hi = check_batch_range(batch)
         dim = torch.export.Dim("batch", min=lo, max=hi)
-        return {name: ({0: dim} if name in self.batch_inputs else None) for name in self.input_names}
+        specs = [({0: dim} if name in self.batch_inputs else None) for name in self.input_names]
+        out: dict[str, object] = {}
+        for i, param in enumerate(inspect.signature(self.module.forward).parameters.values()):
+            if param.kind is inspect.Parameter.VAR_POSITIONAL:
+                if specs[i:]:
+                    out[param.name] = tuple(specs[i:])
+                break
+            if i < len(specs):
+                out[param.name] = specs[i]
+        return out
+
+
+def bake_parametrizations(module: nn.Module) -> nn.Module:
+    """``module`` with every parametrized tensor (spectral norm, weight norm) replaced, in place, by a frozen
+    parameter holding its current value, so exported graphs hold constant weights (TensorRT needs Conv weights to
+    be constants, and the eval-mode value is what inference computes anyway). Call it on a copy.
+
+    Each module gets back its own class rather than going through ``remove_parametrizations``, which edits the
+    parametrized class, shared with the module it was deep-copied from.
+    """
+    from torch.nn.utils import parametrize
+
+    for m in module.modules():
+        if not parametrize.is_parametrized(m):
+            continue
+        with torch.no_grad():
+            values = {name: getattr(m, name).detach().clone() for name in m.parametrizations.keys()}
+        m.__class__ = type(m).__bases__[0]  # parametrize subclasses the original class once per module
+        del m._modules["parametrizations"]
+        for name, value in values.items():
+            m.register_parameter(name, nn.Parameter(value, requires_grad=False))
+    return module
 
 
 @contextlib.contextmanager
@@ -175,12 +211,18 @@ def generator_graph(model: nn.Module, **options) -> GeneratorGraph:
     spec = registry.spec_for(model)
     if spec.graph is None:
         raise TypeError(f"model {spec.name!r} has no export graph")
-    return spec.get("graph")(model, **options)
+    graph = spec.get("graph")(model, **options)
+    from torch.nn.utils import parametrize
+
+    if any(parametrize.is_parametrized(m) for m in graph.module.modules()):
+        graph = dataclasses.replace(graph, module=bake_parametrizations(copy.deepcopy(graph.module).eval()))
+    return graph
 
 
 __all__ = [
     "GeneratorGraph",
     "generator_graph",
+    "bake_parametrizations",
     "check_batch_range",
     "parse_batch_range",
     "check_inputs",
