@@ -7,8 +7,8 @@
 #
 # Stages (default: all, in this order; one device call holds at most 10 minutes, so split them there):
 #   tests     every test, GPU-marked ones included
-#   ops       benches/ops      (lfm_fuse: reference / compiled / triton / cuda)
-#   models    benches/models   (LoFGAN train step and generation per backend)
+#   ops       benches/ops      (lfm_fuse, sle_gate: reference / compiled / triton / cuda)
+#   models    benches/models   (LoFGAN, FastGAN: train step and generation per backend)
 #   export    benches/export   (generation per deployment path: eager, compile, CUDA graph, AOTI, TensorRT)
 # The build runs first in every call (a no-op when the extension is up to date). The commit recorded in the
 # results is FSGAN_GIT_SHA when set (the device tool copies the working tree, maybe without .git), else git's HEAD.
