@@ -45,7 +45,6 @@ from typing import Any, Literal
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torch.nn.utils import parametrize
 from torch.nn.utils.parametrizations import spectral_norm
 
 from fsgan_fast import configs
@@ -239,13 +238,8 @@ def _bn(ch: int) -> nn.BatchNorm2d:
 
 
 def _sle(ch_low: int, ch_high: int, act: str) -> SkipLayerExcitation:
-    """An SLE layer whose convs get the official init; spectral norm is re-registered after it, so the norm's
-    u/v match the new weights."""
-    sle = SkipLayerExcitation(ch_low, ch_high, act=act)
-    for conv in (sle.conv1, sle.conv2):
-        parametrize.remove_parametrizations(conv, "weight", leave_parametrized=False)
-        spectral_norm(_init_(conv))
-    return sle
+    """An SLE layer whose convs get the official init (before their spectral norm)."""
+    return SkipLayerExcitation(ch_low, ch_high, act=act, init=_init_)
 
 
 def _up() -> nn.Module:

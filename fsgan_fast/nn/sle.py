@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-import torch
+from typing import Callable
+
 from torch import Tensor, nn
 from torch.nn.utils.parametrizations import spectral_norm
 
@@ -18,13 +19,17 @@ class SkipLayerExcitation(nn.Module):
     inspection and style mixing).
     """
 
-    def __init__(self, ch_low: int, ch_high: int, act: str = "swish", sn: bool = True):
+    def __init__(self, ch_low: int, ch_high: int, act: str = "swish", sn: bool = True,
+                 init: Callable[[nn.Module], object] | None = None):
         super().__init__()
         if act not in ACTIVATIONS:
             raise ValueError(f"act must be one of {ACTIVATIONS}, got {act!r}")
         self.act = act
         conv1 = nn.Conv2d(ch_low, ch_high, 4, bias=False)
         conv2 = nn.Conv2d(ch_high, ch_high, 1, bias=False)
+        if init is not None:  # before spectral norm, whose power iteration starts from these weights
+            init(conv1)
+            init(conv2)
         self.conv1 = spectral_norm(conv1) if sn else conv1
         self.conv2 = spectral_norm(conv2) if sn else conv2
 

@@ -20,7 +20,6 @@ from fsgan_fast.train.fastgan import (
     load_fastgan,
     train_fastgan,
 )
-from fsgan_fast.train.loop import RunError
 
 TINY = FastGANConfig(size=128, nz=16, ngf=4, ndf=4, dec_ngf=4)
 
