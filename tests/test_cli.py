@@ -142,7 +142,8 @@ def test_export_onnx_and_aoti(run_dir, tmp_path, capsys):
 
 def test_info_bench_and_eval_commands(capsys):
     assert main(["info"]) == 0
-    assert "models: lofgan" in capsys.readouterr().out
+    listed = capsys.readouterr().out
+    assert "models: fastgan, lofgan" in listed
     with pytest.raises(SystemExit) as exit_info:
         main(["bench", "gpu-only"])
     assert exit_info.value.code == 2 and "unknown benchmark suite" in capsys.readouterr().err
