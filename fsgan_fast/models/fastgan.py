@@ -816,16 +816,16 @@ registry.register(registry.ModelSpec(
         "RUN/config.json. --data: 'builtin' (100 crops of four scikit-image photos, no download), a folder of "
         "images (sub-folders searched; centre-cropped to squares), or a .npy [N, H, W, 3]. D's reconstruction "
         "loss is LPIPS on VGG16 (--recon lpips) and needs torchvision's vgg16-397923af.pth (--vgg PATH, "
-        "$FSGAN_FAST_VGG16 or torch hub's cache) and 'pip install lpips'; --recon auto falls back to MSE without "
+        "$FSGAN_FAST_VGG16 or torch hub's cache) and 'pip install --no-deps lpips'; --recon auto falls back to MSE without "
         "them. Options left unset come from --preset."
     ),
     model_config=FastGANConfig,
     train_config="fsgan_fast.train.fastgan:FastGANTrainConfig",
     presets="fsgan_fast.train.fastgan:PRESETS",
     auto_preset=_auto_preset,
-    preset_help=("'demo' = 128 px, ngf=ndf=16, batch 8, 600 steps, MSE reconstruction (minutes on a CPU); 'paper' = "
-                 "the reference model (ngf=ndf=64, LPIPS, batch 8, 50000 steps) at --size (256 by default; 512, "
-                 "1024); auto = demo for --data builtin, else paper"),
+    preset_help=("'demo' = 128 px, ngf=ndf=dec_ngf=8, batch 8, 400 steps, EMA 0.98, MSE reconstruction (about "
+                 "5 minutes on a 2-core CPU); 'paper' = the reference model (ngf=ndf=64, LPIPS, batch 8, 50000 steps) "
+                 "at --size (256 by default; 512, 1024); auto = demo for --data builtin, else paper"),
     build=FastGAN,
     train="fsgan_fast.train.fastgan:train_run",
     graph=fastgan_graph,
