@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import os
 import subprocess
+import time
 
 import pytest
 import torch
@@ -87,6 +88,15 @@ def timed(benchmark, fn, *, inner: int, rounds: int, warmup: int = 2, extra: dic
         benchmark.extra_info["gbs"] = nbytes / per_call / 1e9
         if bw:
             benchmark.extra_info["pct_hbm_floor"] = 100 * (nbytes / (bw * 1e9)) / per_call
+
+
+@pytest.fixture(autouse=True)
+def _within_budget():
+    """gpu.sh sets FSGAN_BENCH_DEADLINE (epoch seconds) from its time budget: past it, the remaining cases skip, so
+    the run ends cleanly and writes the JSON of what it timed (an interrupt mid-case would lose all of it)."""
+    deadline = float(os.environ.get("FSGAN_BENCH_DEADLINE", "inf"))
+    if time.time() > deadline:
+        pytest.skip("the run's time budget (gpu.sh BUDGET) is spent")
 
 
 @pytest.fixture
