@@ -72,13 +72,13 @@ def _bytes(shape, dtype, passes: str) -> int:
     return fwd if passes == "fwd" else fwd + (3 * n_high + n_low) * e
 
 
-def _check(got, want, dtype, what):
+def _check(got, want, dtype, what, rel=1e-5):
     """On the device, to keep the big shapes quick: the float64 ``want`` within a float32 accumulation error
-    relative to its largest value, plus two roundings into ``dtype``."""
+    relative to its largest value (``rel``), plus two roundings into ``dtype``."""
     want = want.detach()
     scale = max(1.0, float(want.abs().max()))
     err = (got.detach().double() - want).abs()
-    bound = 1e-5 * scale + 2 * torch.finfo(dtype).eps * want.abs()
+    bound = rel * scale + 2 * torch.finfo(dtype).eps * want.abs()
     bad = err > bound
     assert not bool(bad.any()), (f"{what}: {int(bad.sum())}/{bad.numel()} off; max |err| {float(err.max()):.3e} "
                                  f"(scale {scale:.3g})")
@@ -104,7 +104,13 @@ def bench_sle_gate(benchmark, variant, shape_name, passes, dtype):
     want = S.sle_gate_reference(*ref_leaves, ACT)
     y = run(*leaves, ACT)
     assert y.dtype == dtype
-    _check(y, want, dtype, f"{variant} y")
+    # the eager reference's convolutions run in cuDNN's default TF32 on a GPU (first GPU run: 1.3e-3 off), and in
+    # bf16 it computes in bf16 (3.2e-2 off): the baseline is timed as users run it and checked to that accuracy;
+    # our kernels accumulate in float32 and keep float32's
+    rel = 1e-5
+    if variant in ("reference", "compiled") and ON_GPU:
+        rel = 5e-3 if dtype == torch.float32 else 3e-2
+    _check(y, want, dtype, f"{variant} y", rel)
     ran = None
     if variant not in ("reference", "compiled"):  # never time a fallback under the fast name
         ran = fsgan_fast.last_backend("sle_gate")
@@ -114,7 +120,7 @@ def bench_sle_gate(benchmark, variant, shape_name, passes, dtype):
         got = torch.autograd.grad(y, leaves, grad)
         want_grads = torch.autograd.grad(want, ref_leaves, grad.double())
         for name, g, w in zip(("x_low", "x_high", "w1", "w2"), got, want_grads):
-            _check(g, w, g.dtype, f"{variant} grad {name}")
+            _check(g, w, g.dtype, f"{variant} grad {name}", rel)
     del want, ref_leaves, y
 
     if passes == "fwd":
