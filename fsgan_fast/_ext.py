@@ -38,8 +38,18 @@ def built_with_cuda() -> bool:
     return C is not None and bool(C.cuda_built())
 
 
+_kernels_found: set[tuple[str, str]] = set()
+
+
 def has_kernel(private_op: str, dispatch_key: str) -> bool:
-    return torch._C._dispatch_has_kernel_for_dispatch_key(f"fsgan_fast::{private_op}", dispatch_key)
+    # asked on every op call: a kernel once registered stays (~13 us per query otherwise); absence is asked
+    # again, since the extension may register it later
+    if (private_op, dispatch_key) in _kernels_found:
+        return True
+    if torch._C._dispatch_has_kernel_for_dispatch_key(f"fsgan_fast::{private_op}", dispatch_key):
+        _kernels_found.add((private_op, dispatch_key))
+        return True
+    return False
 
 
 def package_version() -> str:

@@ -228,12 +228,14 @@ _common.define_ops(
 )
 
 
-@torch.library.custom_op("fsgan_fast::lfm_fuse", mutates_args=())
-def _lfm_fuse_op(feats: Tensor, base: Tensor, positions: Tensor, alpha: Tensor, backend: str) -> tuple[Tensor, Tensor]:
+def _lfm_fuse_body(feats: Tensor, base: Tensor, positions: Tensor, alpha: Tensor, backend: str) -> tuple[Tensor, Tensor]:
     if backend == "reference":
         fused, ref_idx = lfm_fuse_reference(feats, base, positions, alpha)
         return fused.contiguous(), ref_idx
     return _common.kernel("lfm_fuse", backend, feats.device)(*_common.prep(feats, base, positions, weights=alpha))
+
+
+_lfm_fuse_op = torch.library.custom_op("fsgan_fast::lfm_fuse", _lfm_fuse_body, mutates_args=())
 
 
 @_lfm_fuse_op.register_fake
@@ -241,11 +243,13 @@ def _(feats, base, positions, alpha, backend):
     return _fake_fuse(feats, base, positions, alpha)
 
 
-@torch.library.custom_op("fsgan_fast::lfm_apply", mutates_args=())
-def _lfm_apply_op(x: Tensor, base: Tensor, positions: Tensor, ref_idx: Tensor, alpha: Tensor, backend: str) -> Tensor:
+def _lfm_apply_body(x: Tensor, base: Tensor, positions: Tensor, ref_idx: Tensor, alpha: Tensor, backend: str) -> Tensor:
     if backend == "reference":
         return lfm_apply_reference(x, base, positions, ref_idx, alpha).contiguous()
     return _common.kernel("lfm_apply", backend, x.device)(*_common.prep(x, base, positions, ref_idx, weights=alpha))
+
+
+_lfm_apply_op = torch.library.custom_op("fsgan_fast::lfm_apply", _lfm_apply_body, mutates_args=())
 
 
 @_lfm_apply_op.register_fake
@@ -253,8 +257,7 @@ def _(x, base, positions, ref_idx, alpha, backend):
     return _fake_apply(x, base, positions, ref_idx, alpha)
 
 
-@torch.library.custom_op("fsgan_fast::lfm_apply_backward", mutates_args=())
-def _lfm_apply_backward_op(
+def _lfm_apply_backward_body(
     grad: Tensor, x: Tensor, base: Tensor, positions: Tensor, ref_idx: Tensor, alpha: Tensor, backend: str
 ) -> tuple[Tensor, Tensor]:
     if backend == "reference":
@@ -263,6 +266,11 @@ def _lfm_apply_backward_op(
     args = _common.prep(x, base, positions, ref_idx, weights=alpha)
     grad_x, grad_alpha = kernel(grad.to(x.dtype).contiguous(), *args)
     return grad_x, grad_alpha.to(alpha.dtype)
+
+
+_lfm_apply_backward_op = torch.library.custom_op(
+    "fsgan_fast::lfm_apply_backward", _lfm_apply_backward_body, mutates_args=()
+)
 
 
 @_lfm_apply_backward_op.register_fake
@@ -279,7 +287,7 @@ def _setup_fuse(ctx, inputs, output) -> None:
 
 def _backward_fuse(ctx, grad_fused, _grad_ref_idx):
     feats, base, positions, ref_idx, alpha = ctx.saved_tensors
-    grad_x, grad_alpha = _lfm_apply_backward_op(grad_fused, feats, base, positions, ref_idx, alpha, ctx.backend)
+    grad_x, grad_alpha = _lfm_apply_backward_eager(grad_fused, feats, base, positions, ref_idx, alpha, ctx.backend)
     return grad_x, None, None, grad_alpha, None
 
 
@@ -291,12 +299,14 @@ def _setup_apply(ctx, inputs, output) -> None:
 
 def _backward_apply(ctx, grad_fused):
     x, base, positions, ref_idx, alpha = ctx.saved_tensors
-    grad_x, grad_alpha = _lfm_apply_backward_op(grad_fused, x, base, positions, ref_idx, alpha, ctx.backend)
+    grad_x, grad_alpha = _lfm_apply_backward_eager(grad_fused, x, base, positions, ref_idx, alpha, ctx.backend)
     return grad_x, None, None, None, grad_alpha, None
 
 
-_lfm_fuse_op.register_autograd(_backward_fuse, setup_context=_setup_fuse)
-_lfm_apply_op.register_autograd(_backward_apply, setup_context=_setup_apply)
+# the public ops as eager callers (see _common.EagerOp): each registers its autograd on the custom op too
+_lfm_fuse_op_eager = _common.EagerOp(_lfm_fuse_op, _lfm_fuse_body, _setup_fuse, _backward_fuse)
+_lfm_apply_op_eager = _common.EagerOp(_lfm_apply_op, _lfm_apply_body, _setup_apply, _backward_apply)
+_lfm_apply_backward_eager = _common.EagerOp(_lfm_apply_backward_op, _lfm_apply_backward_body)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -320,7 +330,7 @@ def lfm_fuse(
         return _common.kernel_op("lfm_fuse", lowered, feats.device)(*args)
     name = backends.resolve("lfm_fuse", feats.device, feats.dtype, backend)
     backends.resolve("lfm_apply_backward", feats.device, feats.dtype, name)
-    return _lfm_fuse_op(feats, base, positions, alpha, name)
+    return _lfm_fuse_op_eager(feats, base, positions, alpha, name)
 
 
 def lfm_apply(
@@ -343,7 +353,7 @@ def lfm_apply(
         return _common.kernel_op("lfm_apply", lowered, x.device)(*args)
     name = backends.resolve("lfm_apply", x.device, x.dtype, backend)
     backends.resolve("lfm_apply_backward", x.device, x.dtype, name)
-    return _lfm_apply_op(x, base, positions, ref_idx, alpha, name)
+    return _lfm_apply_op_eager(x, base, positions, ref_idx, alpha, name)
 
 
 def lfm_similarity(feats: Tensor, base: Tensor, positions: Tensor, *, check_indices: bool = True) -> Tensor:

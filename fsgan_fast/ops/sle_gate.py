@@ -190,8 +190,7 @@ def _prep(x_low: Tensor, x_high: Tensor, w1: Tensor, w2: Tensor) -> tuple[Tensor
             w1.to(acc).contiguous(), w2.to(acc).contiguous())
 
 
-@torch.library.custom_op("fsgan_fast::sle_gate", mutates_args=())
-def _sle_gate_op(
+def _sle_gate_body(
     x_low: Tensor, x_high: Tensor, w1: Tensor, w2: Tensor, act: str, backend: str
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     args = _prep(x_low, x_high, w1, w2)
@@ -201,13 +200,15 @@ def _sle_gate_op(
     return _common.kernel("sle_gate", backend, x_high.device)(*args, act)
 
 
+_sle_gate_op = torch.library.custom_op("fsgan_fast::sle_gate", _sle_gate_body, mutates_args=())
+
+
 @_sle_gate_op.register_fake
 def _(x_low, x_high, w1, w2, act, backend):
     return _fake_forward(x_low, x_high, w1, w2, act)
 
 
-@torch.library.custom_op("fsgan_fast::sle_gate_backward", mutates_args=())
-def _sle_gate_backward_op(
+def _sle_gate_backward_body(
     grad: Tensor, x_low: Tensor, x_high: Tensor, w1: Tensor, w2: Tensor,
     gate: Tensor, pooled: Tensor, hidden: Tensor, act: str, backend: str,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
@@ -222,6 +223,11 @@ def _sle_gate_backward_op(
         out = _common.kernel("sle_gate_backward", backend, x_high.device)(grad, x_low_p, x_high_p, w1_p, w2_p, *state, act)
     grad_x_low, grad_x_high, grad_w1, grad_w2 = out
     return grad_x_low, grad_x_high, grad_w1.to(w1.dtype), grad_w2.to(w2.dtype)
+
+
+_sle_gate_backward_op = torch.library.custom_op(
+    "fsgan_fast::sle_gate_backward", _sle_gate_backward_body, mutates_args=()
+)
 
 
 @_sle_gate_backward_op.register_fake
@@ -239,11 +245,13 @@ def _setup(ctx, inputs, output) -> None:
 
 def _backward(ctx, grad_y, *_grad_state):
     x_low, x_high, w1, w2, gate, pooled, hidden = ctx.saved_tensors
-    grads = _sle_gate_backward_op(grad_y, x_low, x_high, w1, w2, gate, pooled, hidden, ctx.act, ctx.backend)
+    grads = _sle_gate_backward_eager(grad_y, x_low, x_high, w1, w2, gate, pooled, hidden, ctx.act, ctx.backend)
     return (*grads, None, None)
 
 
-_sle_gate_op.register_autograd(_backward, setup_context=_setup)
+# the public op as an eager caller (see _common.EagerOp), which registers the autograd on the custom op too
+_sle_gate_eager = _common.EagerOp(_sle_gate_op, _sle_gate_body, _setup, _backward)
+_sle_gate_backward_eager = _common.EagerOp(_sle_gate_backward_op, _sle_gate_backward_body)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -263,7 +271,7 @@ def sle_gate(
         return _common.kernel_op("sle_gate", lowered, x_high.device)(*_prep(x_low, x_high, w1, w2), act)[0]
     name = backends.resolve("sle_gate", x_high.device, x_high.dtype, backend)
     backends.resolve("sle_gate_backward", x_high.device, x_high.dtype, name)
-    return _sle_gate_op(x_low, x_high, w1, w2, act, name)[0]
+    return _sle_gate_eager(x_low, x_high, w1, w2, act, name)[0]
 
 
 __all__ = [
