@@ -58,8 +58,36 @@ def sync() -> None:
         torch.cuda.synchronize()
 
 
-def timed(benchmark, fn, *, inner: int, rounds: int, warmup: int = 2, extra: dict) -> None:
-    """Time ``fn`` launched ``inner`` times per round with one sync; store extra_info (PERFORMANCE.md fields)."""
+def graph_replay_us(fn, inner: int, replays: int = 20) -> dict:
+    """``fn`` x ``inner`` captured in one CUDA graph: microseconds per ``fn`` of a replay (the GPU's time with no
+    launch or Python overhead), as ``{"graph_us_per_call": ...}``, or ``{"graph_error": ...}`` when capture fails."""
+    try:
+        stream = torch.cuda.Stream()
+        stream.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(stream):
+            fn()  # warm: allocator pools, lazy init
+        torch.cuda.current_stream().wait_stream(stream)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            for _ in range(inner):
+                fn()
+        graph.replay()
+        torch.cuda.synchronize()
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        for _ in range(replays):
+            graph.replay()
+        end.record()
+        torch.cuda.synchronize()
+        return {"graph_us_per_call": start.elapsed_time(end) * 1e3 / replays / inner}
+    except Exception as exc:  # a capture that fails is reported, never timed
+        torch.cuda.synchronize()
+        return {"graph_error": f"{type(exc).__name__}: {exc}"[:300]}
+
+
+def timed(benchmark, fn, *, inner: int, rounds: int, warmup: int = 2, extra: dict, graph: bool = False) -> None:
+    """Time ``fn`` launched ``inner`` times per round with one sync; store extra_info (PERFORMANCE.md fields).
+    ``graph``: on a GPU, also the per-call time of a CUDA-graph replay of the same calls (``graph_us_per_call``)."""
 
     def run():
         for _ in range(inner):
@@ -81,6 +109,8 @@ def timed(benchmark, fn, *, inner: int, rounds: int, warmup: int = 2, extra: dic
     if nbytes and bw:
         benchmark.extra_info["hbm_floor_us"] = nbytes / (bw * 1e9) * 1e6
     benchmark.pedantic(run, rounds=rounds, warmup_rounds=warmup, iterations=1)
+    if graph and DEVICE.type == "cuda":
+        benchmark.extra_info.update(graph_replay_us(fn, inner))
     stats = getattr(benchmark, "stats", None)
     if stats is not None and nbytes:
         per_call = stats.stats.median / inner

@@ -15,8 +15,9 @@
 # BENCH_MARGIN (75) seconds skip, so pytest still writes the JSON of what it timed. TESTS_CAP caps a test stage.
 # Results go to RESULTS (default benches/results; a device copy of the tree is thrown away, so the device
 # command packs them: PACK=$OUT/results.tgz re-packs RESULTS after every stage, so a cut run still returns
-# what it finished). BENCH_K adds a -k filter to the benchmark stages (e.g. "not compiled" to skip the
-# minutes of torch.compile). The commit recorded is FSGAN_GIT_SHA when set, else git's HEAD.
+# what it finished). TESTS_K adds a -k filter to the gputests stage, BENCH_K one to the benchmark stages
+# (e.g. "not compiled" to skip the minutes of torch.compile). The commit recorded is FSGAN_GIT_SHA when set,
+# else git's HEAD.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 began=$(date +%s)
@@ -90,7 +91,7 @@ for stage in "${stages[@]}"; do
       else
         # the nvcc compile checks run in CI already; here only what executes on the device
         where=(tests/ops tests/export tests/test_backends.py)
-        select="(cuda or gpu) and not test_cuda_compile${filter:+ and ($filter)}"
+        select="(cuda or gpu) and not test_cuda_compile${filter:+ and ($filter)}${TESTS_K:+ and ($TESTS_K)}"
       fi
       bounded "${TESTS_CAP:-0}" python -m pytest "${where[@]}" -q -rfE --benchmark-disable -p no:cacheprovider --durations=15 \
         "${workers[@]}" "${per_test[@]}" ${select:+-k "$select"} 2>&1 | tee "$RESULTS/$stage-$stamp.log"

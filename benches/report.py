@@ -29,8 +29,8 @@ def render(path: str) -> str:
         f"device: {meta.get('device', '?')}; torch {meta.get('torch', '?')}; triton {meta.get('triton', '?')}; "
         f"commit {meta.get('git_sha', '?')}; date {data.get('datetime', '?')}; host {machine.get('node', '?')}",
         "",
-        "| group | variant | median µs/call | vs eager | vs torch.compile | % HBM floor |",
-        "| --- | --- | ---: | ---: | ---: | ---: |",
+        "| group | variant | median µs/call | vs eager | vs torch.compile | % HBM floor | CUDA graph µs/call |",
+        "| --- | --- | ---: | ---: | ---: | ---: | ---: |",
     ]
     for group in sorted(rows):
         cells = rows[group]
@@ -40,7 +40,9 @@ def render(path: str) -> str:
             vs_ref = f"{ref / us:.1f}×" if ref else "–"
             vs_comp = f"{comp / us:.1f}×" if comp else "–"
             floor = f"{ex['pct_hbm_floor']:.0f}%" if "pct_hbm_floor" in ex else "–"
-            lines.append(f"| {group} | {backend} | {us:,.1f} | {vs_ref} | {vs_comp} | {floor} |")
+            replay = f"{ex['graph_us_per_call']:,.1f}" if "graph_us_per_call" in ex else ("fails" if "graph_error" in ex
+                                                                                         else "–")
+            lines.append(f"| {group} | {backend} | {us:,.1f} | {vs_ref} | {vs_comp} | {floor} | {replay} |")
     return "\n".join(lines) + "\n"
 
 

@@ -93,6 +93,7 @@ def bench_lfm_fuse(benchmark, variant, shape_name, passes, dtype):
         step,
         inner=20 if ON_GPU else 1,
         rounds=50 if ON_GPU else 3,
+        graph=True,
         extra={
             "op": "lfm_fuse",
             "backend": variant,

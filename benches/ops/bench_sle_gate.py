@@ -140,6 +140,7 @@ def bench_sle_gate(benchmark, variant, shape_name, passes, dtype):
         step,
         inner=20 if ON_GPU else 1,
         rounds=50 if ON_GPU else 3,
+        graph=True,
         extra={
             "op": "sle_gate",
             "backend": variant,

@@ -151,11 +151,15 @@ class FastGANTrainer(GANTrainer):
         return diff_augment(x, self.cfg.policy, generator=self.generator)
 
     def draw_part(self, batch: int) -> int | Tensor:
-        """The part decoder's quadrant: one for the batch (an int, as the reference) or one per image."""
+        """The part decoder's quadrant: one for the batch (an int, as the reference) or one per image.
+
+        The batch's quadrant slices tensors, so it must be a Python int: drawn on the host from the run's seed and
+        the step (reproducible, resumes exactly), never read back from a GPU generator (a sync every step)."""
         g = self.generator
         if self.cfg.part == "sample":
             return torch.randint(4, (batch,), generator=g, device=g.device).to(self.device)
-        return int(torch.randint(4, (), generator=g, device=g.device))
+        host = torch.Generator().manual_seed((g.initial_seed() * 1_000_003 + self.step) % 2**63)
+        return int(torch.randint(4, (), generator=host))
 
     # -- the two halves of an iteration, separately callable (tests replay them with fixed inputs)
 
