@@ -18,5 +18,15 @@ TORCH_LIBRARY_FRAGMENT(fsgan_fast, m) {
   m.def("_sle_gate_cuda(Tensor x_low, Tensor x_high, Tensor w1, Tensor w2, str act) -> (Tensor, Tensor, Tensor, Tensor)");
   m.def("_sle_gate_backward_cuda(Tensor grad, Tensor x_low, Tensor x_high, Tensor w1, Tensor w2, Tensor gate, "
         "Tensor pooled, Tensor hidden, str act) -> (Tensor, Tensor, Tensor, Tensor)");
+  m.def("_imresize_cpu(Tensor x, Tensor row_idx, Tensor row_w, Tensor col_idx, Tensor col_w) -> Tensor");
+  m.def("_imresize_cuda(Tensor x, Tensor row_idx, Tensor row_w, Tensor col_idx, Tensor col_w) -> Tensor");
+  // Python's schema parser reads `int` as SymInt (what the dispatcher prints for NATIVE_SCHEMAS' `int pad`); the
+  // kernels take int64_t, which the dispatcher accepts for a SymInt argument.
+  m.def("_pyramid_inject_cpu(Tensor prev, Tensor row_idx, Tensor row_w, Tensor col_idx, Tensor col_w, Tensor noise, "
+        "Tensor amp, SymInt pad) -> (Tensor, Tensor)");
+  m.def("_pyramid_blend_cpu(Tensor up, Tensor residual, Tensor? mask) -> Tensor");
+  m.def("_pyramid_inject_cuda(Tensor prev, Tensor row_idx, Tensor row_w, Tensor col_idx, Tensor col_w, Tensor noise, "
+        "Tensor amp, SymInt pad) -> (Tensor, Tensor)");
+  m.def("_pyramid_blend_cuda(Tensor up, Tensor residual, Tensor? mask) -> Tensor");
 }
 #endif
