@@ -1,4 +1,4 @@
-"""The ``fsgan-fast`` command: info | train | generate | export | eval | bench.
+"""The ``fsgan-fast`` command: info | train | generate | app | export | eval | bench.
 
 Every model subcommand is built from the model registry (:mod:`fsgan_fast.models.registry`): its options
 come from the model's config dataclasses (one default, one help text, written once in the model's
@@ -323,6 +323,47 @@ def _cmd_generate(args: argparse.Namespace) -> int:
 
 
 # ---------------------------------------------------------------------------------------------------
+# app
+
+
+@dataclasses.dataclass
+class AppOptions:
+    """``fsgan-fast app MODEL APP``: what every application takes besides its own inputs."""
+
+    ckpt: str = option(help="checkpoint written by 'fsgan-fast train' (RUN/checkpoint.pt)")
+    out: str = option(help="output folder (created; must be writable)")
+    seed: int = option(0, "seed of the application's randomness")
+    device: str | None = option(None, "torch device (default: cuda if available, else cpu)")
+    backend: Literal["auto", "reference", "triton", "cuda", "cpu"] | None = option(
+        None, "implementation of the hot-path ops (default: auto)")
+
+    def __post_init__(self) -> None:
+        configs.validate(self)
+
+
+def _cmd_app(args: argparse.Namespace) -> int:
+    import torch
+
+    spec = _registry().get(args.model)
+    app = spec.get("apps")[args.app]
+    what = f"app {spec.name} {args.app}"
+    opts = _build(AppOptions, _options(args, AppOptions), what)
+    cls = app.get("options")
+    app_opts = _build(cls, _options(args, cls), what) if cls is not None else None
+    _set_backend(opts.backend)
+    device = _device(opts.device)
+    out = _writable_folder(Path(opts.out), "--out")
+    model = _load_model(spec, opts.ckpt, device)
+    generator = torch.Generator(device).manual_seed(opts.seed)
+    try:
+        written = app.get("run")(model, app_opts, out=out, generator=generator)
+    except OSError as e:
+        raise CLIError(f"cannot write the outputs: {e}") from None
+    print(f"wrote {', '.join(str(p) for p in written) or 'nothing'}")
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------------
 # export
 
 
@@ -558,6 +599,20 @@ def _add_model_commands(sub, spec) -> None:
         _add_group(p, spec.name, spec.get("export_options"))
         p.set_defaults(func=_cmd_export, model=spec.name)
 
+    apps = spec.get("apps") or {}
+    if apps:
+        p = sub["app"].add_parser(spec.name, help=f"applications of a trained {spec.name}: {', '.join(apps)}",
+                                  formatter_class=_HelpFormatter,
+                                  description=f"Applications of a {spec.name} checkpoint; each writes images into "
+                                              f"--out. See 'fsgan-fast app {spec.name} APP --help'.")
+        app_sub = p.add_subparsers(dest="app", required=True, metavar="APP")
+        for name, app in apps.items():
+            q = app_sub.add_parser(name, help=app.summary, formatter_class=_HelpFormatter,
+                                   description=app.description or app.summary)
+            _add_group(q, "application", AppOptions)
+            _add_group(q, name, app.get("options"))
+            q.set_defaults(func=_cmd_app, model=spec.name, app=name)
+
     p = sub["eval"].add_parser(spec.name, help=f"evaluate a trained {spec.name}", formatter_class=_HelpFormatter,
                                description=f"The evaluation protocol of {spec.name}'s paper.")
     _add_group(p, "evaluation", EvalOptions)
@@ -576,6 +631,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     model_subs = {}
     for command, text in (("train", "train a model"), ("generate", "generate images from a trained checkpoint"),
+                          ("app", "run a trained model's applications beyond sampling (editing, upsampling, ...)"),
                           ("export", "export a generator to ONNX, TensorRT or AOTInductor"),
                           ("eval", "evaluate a checkpoint with its paper's protocol")):
         p = sub.add_parser(command, help=text, description=f"{text[0].upper()}{text[1:]}; see "
@@ -602,13 +658,13 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     from fsgan_fast.backends import BackendUnavailableError
     from fsgan_fast.data import DatasetError
-    from fsgan_fast.models.registry import UnknownModelError
+    from fsgan_fast.models.registry import InputError, UnknownModelError
     from fsgan_fast.train.loop import CheckpointError, RunError, TrainingInterrupted
 
     try:
         return args.func(args)
     except (CLIError, ConfigError, DatasetError, CheckpointError, RunError, BackendUnavailableError,
-            UnknownModelError) as e:
+            UnknownModelError, InputError) as e:
         parser.exit(2, f"fsgan-fast: error: {e}\n")
     except TrainingInterrupted as e:
         parser.exit(130, f"fsgan-fast: {e}\n")

@@ -28,6 +28,10 @@ def test_help_runs_as_a_module():
     (["generate", "lofgan", "--help"], ["--ckpt", "--shots", "--similarity", "--n"]),
     (["export", "lofgan", "--help"], ["--format", "onnx", "tensorrt", "aoti", "--batch", "--precision", "--lowering",
                                      "--single-episode", "--no-ema"]),
+    (["train", "singan", "--help"], ["--data", "--preset", "--max-size", "--min-size", "--rec-weight", "--resume"]),
+    (["generate", "singan", "--help"], ["--ckpt", "--scale-v", "--scale-h", "--gen-start-scale"]),
+    (["app", "singan", "--help"], ["inject", "harmonize", "edit", "paint", "sr", "animate"]),
+    (["app", "singan", "harmonize", "--help"], ["--ckpt", "--ref", "--mask", "--scale", "--radius", "--sigma"]),
 ])
 def test_subcommand_help(argv, expected, capsys):
     with pytest.raises(SystemExit) as exit_info:
@@ -143,7 +147,7 @@ def test_export_onnx_and_aoti(run_dir, tmp_path, capsys):
 def test_info_bench_and_eval_commands(capsys):
     assert main(["info"]) == 0
     listed = capsys.readouterr().out
-    assert "models: fastgan, lofgan" in listed
+    assert "models: fastgan, lofgan, singan" in listed
     with pytest.raises(SystemExit) as exit_info:
         main(["bench", "gpu-only"])
     assert exit_info.value.code == 2 and "unknown benchmark suite" in capsys.readouterr().err

@@ -13,6 +13,8 @@ from fsgan_fast.models.lofgan import (  # noqa: E402  (registers "lofgan")
     similarity_figure,
 )
 from fsgan_fast.models.fastgan import FastGAN, FastGANConfig  # noqa: E402  (registers "fastgan")
+from fsgan_fast.models.singan import SinGAN, SinGANConfig  # noqa: E402  (registers "singan")
 
 __all__ = ["ModelSpec", "available", "get", "load", "register", "unregister", "LoFGAN", "LoFGANConfig",
-           "LoFGANGenerator", "LoFGANDiscriminator", "similarity_figure", "FastGAN", "FastGANConfig"]
+           "LoFGANGenerator", "LoFGANDiscriminator", "similarity_figure", "FastGAN", "FastGANConfig", "SinGAN",
+           "SinGANConfig"]

@@ -30,7 +30,30 @@ from fsgan_fast import configs
 log = logging.getLogger("fsgan_fast")
 
 ENTRY_POINT_GROUP = "fsgan_fast.models"
-BUILTIN_MODULES = ("fsgan_fast.models.lofgan", "fsgan_fast.models.fastgan")
+BUILTIN_MODULES = ("fsgan_fast.models.lofgan", "fsgan_fast.models.fastgan", "fsgan_fast.models.singan")
+
+
+class InputError(ValueError):
+    """A generation or application input does not fit the model (an image too small, a mask of another size, a
+    scale out of range); the CLI prints it as one line."""
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelApp:
+    """A named application of a model (``fsgan-fast app MODEL NAME``), beyond plain random generation.
+
+    ``run(model, options, *, out: Path, generator: torch.Generator) -> list of written files``; ``options``: a config
+    dataclass of the application's inputs (its fields become the command's options); ``summary``: one line for
+    the command list; ``description``: the long help.
+    """
+
+    summary: str
+    run: Callable[..., Any] | str
+    options: type | str | None = None
+    description: str = ""
+
+    def get(self, field: str) -> Any:
+        return _resolve(getattr(self, field))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -51,6 +74,8 @@ class ModelSpec:
     - ``generate(model, options, out_dir, generator) -> list of written files`` and ``generate_options``
       (the model's inputs, e.g. LoFGAN's ``--shots`` and ``--similarity``).
     - ``evaluate(model, options) -> dict`` and ``eval_options``: the paper's evaluation protocol, if any.
+    - ``apps``: ``{name: ModelApp}`` (or a ``"module:attribute"`` string naming such a mapping): the model's
+      applications, each a command ``fsgan-fast app MODEL NAME`` with its own options (SinGAN: harmonize, ...).
     - ``description``: the long help of ``train NAME``.
     """
 
@@ -71,6 +96,7 @@ class ModelSpec:
     generate_options: type | str | None = None
     evaluate: Callable[..., Any] | str | None = None
     eval_options: type | str | None = None
+    apps: Mapping[str, ModelApp] | str = dataclasses.field(default_factory=dict)
 
     def get(self, field: str) -> Any:
         """A field with ``"module:attribute"`` strings imported."""
@@ -215,5 +241,5 @@ def default_preset(spec: ModelSpec, data: str | None) -> str | None:
     return chooser(data)
 
 
-__all__ = ["ModelSpec", "register", "unregister", "available", "get", "spec_for", "load", "model_from_state",
-           "UnknownModelError", "ENTRY_POINT_GROUP", "default_preset"]
+__all__ = ["ModelSpec", "ModelApp", "InputError", "register", "unregister", "available", "get", "spec_for", "load",
+           "model_from_state", "UnknownModelError", "ENTRY_POINT_GROUP", "default_preset"]
