@@ -49,6 +49,7 @@ from torch.nn.utils.parametrizations import spectral_norm
 
 from fsgan_fast import configs
 from fsgan_fast.configs import option
+from fsgan_fast.nn.ema import WithEMAGenerator
 from fsgan_fast.models import registry
 from fsgan_fast.nn.sle import SkipLayerExcitation
 
@@ -580,12 +581,9 @@ class Discriminator(nn.Module):
 # The pair, generation and style mixing
 
 
-class FastGAN(nn.Module):
-    """G and D of one FastGAN, plus an optional EMA copy of G (``gen_ema``, None until :meth:`enable_ema`).
-
-    ``gen_ema`` stays in eval mode through ``.train()``; loading a state dict that holds ``gen_ema.*`` keys
-    enables it first.
-    """
+class FastGAN(WithEMAGenerator, nn.Module):
+    """G and D of one FastGAN, plus an optional EMA copy of G (``gen_ema``: see
+    :class:`~fsgan_fast.nn.ema.WithEMAGenerator`)."""
 
     def __init__(self, cfg: FastGANConfig):
         super().__init__()
@@ -593,28 +591,6 @@ class FastGAN(nn.Module):
         self.gen = Generator(cfg)
         self.dis = Discriminator(cfg)
         self.gen_ema: Generator | None = None
-
-    def enable_ema(self) -> None:
-        """(Re)start the EMA generator as a deep copy of ``gen``: eval mode, no grad."""
-        ema = copy.deepcopy(self.gen)
-        ema.eval()
-        ema.requires_grad_(False)
-        self.gen_ema = ema
-
-    def train(self, mode: bool = True) -> FastGAN:
-        super().train(mode)
-        if self.gen_ema is not None:
-            self.gen_ema.eval()
-        return self
-
-    def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
-        if self.gen_ema is None and any(k.startswith("gen_ema.") for k in state_dict):
-            self.enable_ema()
-        return super().load_state_dict(state_dict, strict=strict, assign=assign)
-
-    def pick(self, use_ema: bool = True) -> Generator:
-        """``gen_ema`` when ``use_ema`` and it exists, else ``gen``."""
-        return self.gen_ema if use_ema and self.gen_ema is not None else self.gen
 
     @torch.no_grad()
     def generate(

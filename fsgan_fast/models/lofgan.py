@@ -32,6 +32,7 @@ from torch import Tensor, nn
 from fsgan_fast import configs
 from fsgan_fast.models import registry
 from fsgan_fast.configs import option
+from fsgan_fast.nn.ema import WithEMAGenerator
 from fsgan_fast.nn.blocks import ActFirstResBlock, Conv2dBlock, kaiming_init_
 from fsgan_fast.nn.local_fusion import LocalFusion, LocalFusionOutput
 from fsgan_fast.ops import lfm_fuse, lfm_similarity
@@ -230,12 +231,9 @@ class LoFGANDiscriminator(nn.Module):
 # The pair, EMA, generation
 
 
-class LoFGAN(nn.Module):
-    """G and D of one LoFGAN, plus an optional EMA copy of G (``gen_ema``, None until :meth:`enable_ema`).
-
-    ``gen_ema`` stays in eval mode through ``.train()``; loading a state dict that holds ``gen_ema.*``
-    keys enables it first.
-    """
+class LoFGAN(WithEMAGenerator, nn.Module):
+    """G and D of one LoFGAN, plus an optional EMA copy of G (``gen_ema``: see
+    :class:`~fsgan_fast.nn.ema.WithEMAGenerator`)."""
 
     def __init__(self, cfg: LoFGANConfig):
         super().__init__()
@@ -243,27 +241,6 @@ class LoFGAN(nn.Module):
         self.gen = LoFGANGenerator(cfg)
         self.dis = LoFGANDiscriminator(cfg)
         self.gen_ema: LoFGANGenerator | None = None
-
-    def enable_ema(self) -> None:
-        """(Re)start the EMA generator as a deep copy of ``gen``: eval mode, no grad."""
-        ema = copy.deepcopy(self.gen)
-        ema.eval()
-        ema.requires_grad_(False)
-        self.gen_ema = ema
-
-    def train(self, mode: bool = True) -> LoFGAN:
-        super().train(mode)
-        if self.gen_ema is not None:
-            self.gen_ema.eval()
-        return self
-
-    def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
-        if self.gen_ema is None and any(k.startswith("gen_ema.") for k in state_dict):
-            self.enable_ema()
-        return super().load_state_dict(state_dict, strict=strict, assign=assign)
-
-    def _pick(self, use_ema: bool) -> LoFGANGenerator:
-        return self.gen_ema if use_ema and self.gen_ema is not None else self.gen
 
     def _prepare_shots(self, shots: Tensor, gen: LoFGANGenerator, where: str) -> Tensor:
         if isinstance(shots, Tensor) and shots.dim() == 5:
@@ -305,7 +282,7 @@ class LoFGAN(nn.Module):
             raise ValueError(f"n must be an int >= 0, got {n!r}")
         if not isinstance(batch_size, numbers.Integral) or isinstance(batch_size, bool) or batch_size < 1:
             raise ValueError(f"batch_size must be an int >= 1, got {batch_size!r}")
-        gen = self._pick(use_ema)
+        gen = self.pick(use_ema)
         shots = self._prepare_shots(shots, gen, "generate")
         n, batch_size = int(n), int(batch_size)
         K, side, f = shots.shape[0], self.cfg.size, self.cfg.feature_size
@@ -348,7 +325,7 @@ class LoFGAN(nn.Module):
             fake       [3, S, S]     the generated image
             shots      [K, 3, S, S]  the input, for :func:`similarity_figure`
         """
-        gen = self._pick(use_ema)
+        gen = self.pick(use_ema)
         shots = self._prepare_shots(shots, gen, "similarity_maps")
         K, f = shots.shape[0], self.cfg.feature_size
         was_training = gen.training

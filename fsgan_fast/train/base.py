@@ -297,6 +297,9 @@ class GANTrainer:
         stage = int(state.get("stage", 0))
         if stage != self.begun_stage:
             self.begin_stage(stage)
+        with_ema = hasattr(self.model, "enable_ema")  # models with nn.ema.WithEMAGenerator
+        if with_ema and "model" in state and not any(k.startswith("gen_ema.") for k in state["model"]):
+            self.model.gen_ema = None  # the checkpoint has no EMA: start one from its G below if asked
         self.model.load_state_dict(state["model"])
         for key, opt in self.optimizers.items():
             for name in (f"opt_{key}", f"scaler_{key}"):
@@ -305,6 +308,8 @@ class GANTrainer:
             opt.load_state_dict(state[f"opt_{key}"])
             self.scalers[key].load_state_dict(state[f"scaler_{key}"])
         self.step = int(state["step"])
+        if with_ema and getattr(self.cfg, "ema", 0) > 0 and self.model.gen_ema is None:
+            self.model.enable_ema()
         self.load_extra_state(state)
 
 

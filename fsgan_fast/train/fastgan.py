@@ -215,13 +215,6 @@ class FastGANTrainer(GANTrainer):
             images = F.interpolate(images, size=PREVIEW_TILE, mode="area")
         return make_grid(images.float(), nrow=8)
 
-    def load_state_dict(self, state: dict) -> None:
-        if "model" in state and not any(k.startswith("gen_ema.") for k in state["model"]):
-            self.model.gen_ema = None  # the checkpoint has no EMA: start one from its G below if asked
-        super().load_state_dict(state)
-        if self.cfg.ema > 0 and self.model.gen_ema is None:
-            self.model.enable_ema()
-
 
 # ---------------------------------------------------------------------------------------------------
 # A whole run

@@ -73,7 +73,6 @@ PRESETS = {
 }
 
 
-
 @dataclasses.dataclass
 class LoFGANLossWeights:
     """LoFGAN's loss weights (official configs).
@@ -245,13 +244,6 @@ class LoFGANTrainer(GANTrainer):
         g = torch.Generator(self.generator.device).manual_seed(self.preview_seed)  # the same draws every time
         rows = [torch.cat([shots, self.model.generate(shots, n, g)]) for shots in self.preview]
         return make_grid(torch.cat(rows).float(), nrow=self.preview.shape[1] + n)
-
-    def load_state_dict(self, state: dict) -> None:
-        if "model" in state and not any(k.startswith("gen_ema.") for k in state["model"]):
-            self.model.gen_ema = None  # the checkpoint has no EMA: start one from its G below if asked
-        super().load_state_dict(state)
-        if self.cfg.ema > 0 and self.model.gen_ema is None:
-            self.model.enable_ema()
 
 
 # ---------------------------------------------------------------------------------------------------
