@@ -90,7 +90,7 @@ for stage in "${stages[@]}"; do
         where=(tests) select=${filter}
       else
         # the nvcc compile checks run in CI already; here only what executes on the device
-        where=(tests/ops tests/export tests/test_backends.py)
+        where=(tests/ops tests/export tests/train tests/models tests/test_backends.py)
         select="(cuda or gpu) and not test_cuda_compile${filter:+ and ($filter)}${TESTS_K:+ and ($TESTS_K)}"
       fi
       bounded "${TESTS_CAP:-0}" python -m pytest "${where[@]}" -q -rfE --benchmark-disable -p no:cacheprovider --durations=15 \
