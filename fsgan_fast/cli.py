@@ -502,12 +502,37 @@ class EvalOptions:
     """``fsgan-fast eval MODEL``: what every model's evaluation takes."""
 
     ckpt: str = option(help="checkpoint written by 'fsgan-fast train' (RUN/checkpoint.pt)")
+    data: str | None = option(None, "the dataset the protocol measures against (default: the run's --data, from "
+                              "RUN/config.json beside the checkpoint)")
+    inception: str | None = option(None, "FID Inception weights pt_inception-2015-12-05-6726825d.pth (default: "
+                                   "$FSGAN_FAST_INCEPTION); from https://github.com/mseitzer/pytorch-fid/releases/"
+                                   "download/fid_weights/pt_inception-2015-12-05-6726825d.pth")
+    random_weights: bool = option(False, "measure with random-init networks instead of the weight files: for "
+                                  "plumbing only, every figure is marked 'not comparable'")
+    batch_size: int = option(50, "images per feature-extraction batch", low=1)
     out: str | None = option(None, "write the figures as JSON to this file")
     device: str | None = option(None, "torch device (default: cuda if available, else cpu)")
     seed: int = option(0, "seed of the evaluation's random draws")
 
     def __post_init__(self) -> None:
         configs.validate(self)
+        if self.random_weights and self.inception is not None:
+            raise ConfigError("--inception and --random-weights exclude each other: give one")
+
+
+def _format_eval(results: dict[str, Any]) -> str:
+    """The figures as a table; every metric is marked when the networks were random."""
+    metrics = results.get("metrics", {})
+    mark = "" if results.get("comparable", True) else "  (not comparable: random-init networks)"
+    width = max((len(k) for k in metrics), default=0)
+    lines = [f"{results.get('protocol', '')}"]
+    for key, value in metrics.items():
+        shown = f"{value:.4f}" if isinstance(value, float) else str(value)
+        lines.append(f"  {key:<{width}}  {shown:>10}{mark}")
+    for key, value in results.get("settings", {}).items():
+        lines.append(f"  {key}: {value}")
+    lines += [f"  note: {n}" for n in results.get("notes", [])]
+    return "\n".join(lines)
 
 
 def _cmd_eval(args: argparse.Namespace) -> int:
@@ -515,12 +540,18 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     if spec.evaluate is None:
         raise CLIError(f"{spec.name} has no evaluation protocol registered yet")
     opts, model_opts = _command_options(args, spec, EvalOptions, "eval_options", "eval")
+    if opts.out:
+        _writable_folder(Path(opts.out).resolve().parent, "the folder of --out")
     device = _device(opts.device)
     model = _load_model(spec, opts.ckpt, device)
-    results = spec.get("evaluate")(model, model_opts, device=device, seed=opts.seed)
-    width = max((len(k) for k in results), default=0)
-    for key, value in results.items():
-        print(f"{key:<{width}}  {value:.4g}" if isinstance(value, float) else f"{key:<{width}}  {value}")
+    from fsgan_fast.metrics.inception import InceptionWeightsMissing
+    from fsgan_fast.perceptual import PerceptualWeightsMissing
+
+    try:
+        results = spec.get("evaluate")(model, model_opts, options=opts, device=device)
+    except (InceptionWeightsMissing, PerceptualWeightsMissing) as e:
+        raise CLIError(str(e)) from None
+    print(_format_eval(results))
     if opts.out:
         Path(opts.out).write_text(json.dumps(results, indent=1))
         print(f"wrote {opts.out}")

@@ -47,7 +47,7 @@ def _inject_kernel(prev_ptr, row_idx_ptr, row_w_ptr, col_idx_ptr, col_w_ptr, noi
     up = resize_at(prev_ptr + plane * Hi * Wi, Wi, row_idx_ptr, row_w_ptr, col_idx_ptr, col_w_ptr, y, x, Th, Tw,
                    inside)
     tl.store(up_ptr + plane * Ho * Wo + y * Wo + x, up.to(up_ptr.dtype.element_ty), mask=inside)
-    cn = c if Cn > 1 else 0
+    cn = c % Cn  # Cn is 1 (one noise map for every channel) or C
     noise_plane = noise_ptr + (b * Cn + cn) * (Hp * Wp if NOISE_PADDED else Ho * Wo)
     if NOISE_PADDED:
         n = tl.load(noise_plane + offs, mask=live, other=0.0).to(tl.float32)

@@ -153,7 +153,7 @@ def test_info_bench_and_eval_commands(capsys):
     assert exit_info.value.code == 2 and "unknown benchmark suite" in capsys.readouterr().err
     with pytest.raises(SystemExit) as exit_info:
         main(["eval", "lofgan", "--ckpt", "x.pt"])
-    assert exit_info.value.code == 2 and "no evaluation protocol" in capsys.readouterr().err
+    assert exit_info.value.code == 2 and "does not exist" in capsys.readouterr().err
     with pytest.raises(SystemExit) as exit_info:
         main(["train", "nosuchgan", "--help"])
     assert exit_info.value.code == 2 and "invalid choice" in capsys.readouterr().err

@@ -809,6 +809,8 @@ registry.register(registry.ModelSpec(
     model_types=(FastGAN, Generator),
     generate=generate_command,
     generate_options=FastGANGenerateOptions,
+    evaluate="fsgan_fast.metrics.protocols:evaluate_fastgan",
+    eval_options="fsgan_fast.metrics.protocols:FastGANEvalOptions",
 ))
 
 

@@ -521,6 +521,8 @@ registry.register(registry.ModelSpec(
     model_types=(LoFGAN, LoFGANGenerator),
     generate=generate_command,
     generate_options=LoFGANGenerateOptions,
+    evaluate="fsgan_fast.metrics.protocols:evaluate_lofgan",
+    eval_options="fsgan_fast.metrics.protocols:LoFGANEvalOptions",
 ))
 
 

@@ -510,6 +510,8 @@ registry.register(registry.ModelSpec(
     generate=generate_command,
     generate_options=SinGANGenerateOptions,
     apps="fsgan_fast.apps.singan:APPS",
+    evaluate="fsgan_fast.metrics.protocols:evaluate_singan",
+    eval_options="fsgan_fast.metrics.protocols:SinGANEvalOptions",
 ))
 
 
