@@ -56,9 +56,16 @@ class TrainConfig:
     log_every: int = option(10, "steps between metrics.jsonl lines and progress-bar updates (0 = none)", low=0)
     sample_every: int = option(500, "steps between sample grids (0 = only at the end)", low=0)
     ckpt_every: int = option(1000, "steps between checkpoints (0 = only at the end)", low=0)
+    eval_every: int = option(0, "steps between evaluations with the model's paper protocol ('fsgan-fast eval', its "
+                             "defaults), written to metrics.jsonl (0 = none); needs --eval-inception", low=0)
+    eval_inception: str | None = option(None, "FID Inception weights pt_inception-2015-12-05-6726825d.pth for "
+                                        "--eval-every (default: $FSGAN_FAST_INCEPTION)")
+    eval_random_weights: bool = option(False, "evaluate with random-init networks instead (a plumbing check: the "
+                                       "figures are marked not comparable)")
 
     # fields a resumed run may change; any other difference from the checkpoint is refused
-    RESUMABLE: ClassVar[frozenset[str]] = frozenset({"iters", "log_every", "sample_every", "ckpt_every", "compile"})
+    RESUMABLE: ClassVar[frozenset[str]] = frozenset({"iters", "log_every", "sample_every", "ckpt_every", "compile",
+                                                     "eval_every", "eval_inception", "eval_random_weights"})
 
     def __post_init__(self) -> None:
         configs.validate(self)
@@ -357,14 +364,58 @@ def launch(run: RunOptions, train_cfg: TrainConfig, setup) -> Path:
     run_dir.check()
     env, device = setup_distributed(run.device)
     trainer, sampler, extra = setup(env, device, run_dir)
+    evaluate = periodic_evaluation(trainer, run, train_cfg, out)
     start = resume_trainer(trainer, resume, env) if resume is not None else 0
     record = {"model": trainer.name, "data": run.data, "model_config": configs.to_dict(trainer.model.cfg),
               "train_config": train_cfg.to_dict(), "world_size": env.world_size}
     run_dir.start(record, extra)
     loop = LoopConfig(out, trainer.total_iters(), log_every=train_cfg.log_every, sample_every=train_cfg.sample_every,
-                      ckpt_every=train_cfg.ckpt_every, progress=run.progress)
+                      ckpt_every=train_cfg.ckpt_every, progress=run.progress, eval_every=train_cfg.eval_every,
+                      evaluate=evaluate)
     fit(trainer, sampler, loop, env, start=start)
     return out / "checkpoint.pt"
+
+
+def periodic_evaluation(trainer: GANTrainer, run: RunOptions, train_cfg: TrainConfig, out: Path):
+    """``--eval-every``: a callable running the model's registered protocol (``fsgan-fast eval MODEL`` with its
+    defaults, on the run's data and checkpoint folder) and returning its metrics for metrics.jsonl; None when off.
+    Refuses, before anything is written, a model without a protocol or a run without the Inception weights."""
+    if not train_cfg.eval_every:
+        return None
+    import types
+
+    from fsgan_fast.models import registry
+
+    spec = registry.get(trainer.name)
+    if spec.evaluate is None:
+        raise RunError(f"--eval-every: {spec.name} has no evaluation protocol")
+    inception = train_cfg.eval_inception or os.environ.get("FSGAN_FAST_INCEPTION")
+    if train_cfg.eval_random_weights and train_cfg.eval_inception:
+        raise RunError("--eval-inception and --eval-random-weights exclude each other: give one")
+    if not train_cfg.eval_random_weights:
+        if not inception:
+            raise RunError("--eval-every needs the FID Inception weights: --eval-inception FILE or $FSGAN_FAST_INCEPTION "
+                           "(pt_inception-2015-12-05-6726825d.pth from https://github.com/mseitzer/pytorch-fid/releases/"
+                           "download/fid_weights/pt_inception-2015-12-05-6726825d.pth), or --eval-random-weights")
+        if not os.path.isfile(inception):
+            raise RunError(f"--eval-inception {inception!r} is not a file")
+    options = types.SimpleNamespace(ckpt=str(out / "checkpoint.pt"), data=run.data, inception=inception,
+                                    random_weights=train_cfg.eval_random_weights, batch_size=50,
+                                    seed=train_cfg.seed, device=None)
+    protocol, model_options = spec.get("evaluate"), spec.get("eval_options")
+
+    def evaluate() -> dict[str, Any]:
+        model = trainer.model
+        was_training = model.training
+        try:
+            results = protocol(model, model_options() if model_options else None, options=options,
+                               device=trainer.device)
+        finally:
+            model.train(was_training)
+        figures = {f"eval_{k}": v for k, v in results.get("metrics", {}).items() if isinstance(v, (int, float))}
+        return {**figures, "eval_comparable": bool(results.get("comparable", True))}
+
+    return evaluate
 
 
 def resolve_device(device: str | None) -> None:

@@ -262,12 +262,14 @@ class LoopConfig:
     sample_every: int = 500
     ckpt_every: int = 1000
     progress: bool = True
+    eval_every: int = 0  # 0: no evaluation
+    evaluate: Callable[[], dict] | None = None  # the figures of one evaluation (rank 0 only)
 
     def __post_init__(self) -> None:
         self.out = Path(self.out)
         if self.iters < 1:
             raise ValueError(f"iters must be >= 1, got {self.iters}")
-        for name in ("log_every", "sample_every", "ckpt_every"):
+        for name in ("log_every", "sample_every", "ckpt_every", "eval_every"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
 
@@ -423,6 +425,10 @@ def fit(
                 if state is not None:
                     save_checkpoint(ckpt_path, state)
                 saved = done
+            if cfg.evaluate is not None and cfg.eval_every and (done % cfg.eval_every == 0 or last) and env.is_main:
+                figures = cfg.evaluate()
+                if log is not None:
+                    log.write({"step": done, "time": time.time(), **figures})
     except KeyboardInterrupt:
         bar.close()
         raise TrainingInterrupted(done, ckpt_path if saved is not None else None, saved) from None

@@ -177,3 +177,22 @@ def test_fast_mode_replays_the_eager_iteration_on_cuda(photo):
     for x, y in zip(la, lb):
         assert all(torch.isfinite(v) for v in y.values())
         torch.testing.assert_close(x["rec"], y["rec"], rtol=0.1, atol=1e-3)
+
+
+def test_eval_every_writes_the_protocols_figures(photo_file, tmp_path):
+    """--eval-every runs the model's protocol (SinGAN's SIFID here, random-init Inception) into metrics.jsonl."""
+    run = train_singan(photo_file, tmp_path / "run", model_cfg=SinGANConfig(**TINY), progress=False, device="cpu",
+                       iters=2, sample_every=0, log_every=1, eval_every=3, eval_random_weights=True)
+    records = [json.loads(line) for line in (run.parent / "metrics.jsonl").read_text().splitlines()]
+    evals = [r for r in records if "eval_sifid_mean" in r]
+    total = 2 * load_singan(run).num_scales
+    assert [r["step"] for r in evals] == sorted({*range(3, total + 1, 3), total})
+    assert all(r["eval_comparable"] is False and r["eval_sifid_mean"] >= 0 for r in evals)
+
+
+def test_eval_every_needs_the_inception_weights(photo_file, tmp_path, monkeypatch):
+    monkeypatch.delenv("FSGAN_FAST_INCEPTION", raising=False)
+    with pytest.raises(RunError, match="--eval-every needs the FID Inception weights"):
+        train_singan(photo_file, tmp_path / "run", model_cfg=SinGANConfig(**TINY), progress=False, device="cpu",
+                     iters=2, eval_every=1)
+    assert not (tmp_path / "run" / "checkpoint.pt").exists()
