@@ -130,7 +130,61 @@ def r1_class_penalty(real: Tensor, cls_logits: Tensor, labels: Tensor) -> Tensor
     return grad.pow(2).sum() / real.shape[0]
 
 
+def lsgan_d_loss(real_logits: Tensor, fake_logits: Tensor) -> Tensor:
+    """Least-squares D loss (CycleGAN, OP-GAN): ``mean((real - 1)^2) + mean(fake^2)``, halved as in CycleGAN so D
+    learns at half the rate of G."""
+    _check_tensor("real_logits", real_logits)
+    _check_tensor("fake_logits", fake_logits)
+    return 0.5 * ((real_logits - 1.0).pow(2).mean() + fake_logits.pow(2).mean())
+
+
+def lsgan_g_loss(fake_logits: Tensor) -> Tensor:
+    """Least-squares G loss: ``mean((fake - 1)^2)``."""
+    _check_tensor("fake_logits", fake_logits)
+    return (fake_logits - 1.0).pow(2).mean()
+
+
+def wgan_d_loss(real_logits: Tensor, fake_logits: Tensor) -> Tensor:
+    """Wasserstein critic loss (StarGAN, MatchGAN): ``mean(fake) - mean(real)``."""
+    _check_tensor("real_logits", real_logits)
+    _check_tensor("fake_logits", fake_logits)
+    return fake_logits.mean() - real_logits.mean()
+
+
+def wgan_g_loss(fake_logits: Tensor) -> Tensor:
+    """Wasserstein generator loss: ``-mean(fake)``."""
+    _check_tensor("fake_logits", fake_logits)
+    return -fake_logits.mean()
+
+
+def gradient_penalty(critic, real: Tensor, fake: Tensor, generator: torch.Generator | None = None) -> Tensor:
+    """WGAN-GP (Gulrajani et al.; StarGAN's ``gradient_penalty``): ``mean((||d critic(x̂) / d x̂||_2 - 1)^2)`` over
+    per-sample norms, at ``x̂ = a*real + (1-a)*fake`` with ``a ~ U[0,1)`` per sample. ``critic(x)`` returns the
+    logits to penalise (a tensor, or a tuple whose first item is that tensor). ``fake`` is detached; the result
+    trains the critic (``create_graph=True``)."""
+    _check_tensor("real", real)
+    _check_tensor("fake", fake)
+    if real.shape != fake.shape:
+        raise ValueError(f"real and fake must have the same shape, got {list(real.shape)} and {list(fake.shape)}")
+    if real.dim() == 0 or real.shape[0] == 0:
+        raise ValueError(f"real must hold at least one sample, got shape {list(real.shape)}")
+    a = torch.rand((real.shape[0],) + (1,) * (real.dim() - 1), device=real.device, dtype=real.dtype,
+                   generator=generator)
+    mixed = (a * real.detach() + (1 - a) * fake.detach()).requires_grad_(True)
+    out = critic(mixed)
+    if isinstance(out, (tuple, list)):
+        out = out[0]
+    (grad,) = torch.autograd.grad(out.sum(), mixed, create_graph=True)
+    norm = grad.flatten(1).norm(2, dim=1)
+    return (norm - 1.0).pow(2).mean()
+
+
 __all__ = [
+    "lsgan_d_loss",
+    "lsgan_g_loss",
+    "wgan_d_loss",
+    "wgan_g_loss",
+    "gradient_penalty",
     "hinge_d_loss",
     "hinge_g_loss",
     "classification_loss",

@@ -30,7 +30,8 @@ from fsgan_fast import configs
 log = logging.getLogger("fsgan_fast")
 
 ENTRY_POINT_GROUP = "fsgan_fast.models"
-BUILTIN_MODULES = ("fsgan_fast.models.lofgan", "fsgan_fast.models.fastgan", "fsgan_fast.models.singan")
+BUILTIN_MODULES = ("fsgan_fast.models.lofgan", "fsgan_fast.models.fastgan", "fsgan_fast.models.singan",
+                   "fsgan_fast.models.opgan", "fsgan_fast.models.matchgan", "fsgan_fast.models.smis")
 
 
 class InputError(ValueError):

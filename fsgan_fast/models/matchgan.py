@@ -1,0 +1,1 @@
+"""MatchGAN: semi-supervised StarGAN with a pair-matching loss (being written)."""

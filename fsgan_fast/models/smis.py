@@ -1,0 +1,1 @@
+"""Few-shot SMIS: semantic masks to photos with a StyleGAN2 prior (being written)."""
