@@ -1,4 +1,4 @@
-"""The ``fsgan-fast`` command: info | train | generate | app | export | eval | bench.
+"""The ``fsgan-fast`` command: info | train | generate | app | translate | export | eval | bench.
 
 Every model subcommand is built from the model registry (:mod:`fsgan_fast.models.registry`): its options
 come from the model's config dataclasses (one default, one help text, written once in the model's
@@ -36,20 +36,26 @@ class _HelpFormatter(argparse.RawDescriptionHelpFormatter):
 
 
 @dataclasses.dataclass
-class GenerateOptions:
-    """``fsgan-fast generate MODEL``: what every model's generation takes."""
+class CheckpointRunOptions:
+    """What every command that runs a trained checkpoint takes (generate, app, translate)."""
 
     ckpt: str = option(help="checkpoint written by 'fsgan-fast train' (RUN/checkpoint.pt)")
     out: str = option(help="output folder (created; must be writable)")
-    n: int = option(16, "number of images to generate", low=0)
-    batch_size: int = option(64, "images generated at once", low=1)
-    seed: int = option(0, "seed of the generation randomness")
+    seed: int = option(0, "seed of the command's randomness")
     device: str | None = option(None, "torch device (default: cuda if available, else cpu)")
     backend: Literal["auto", "reference", "triton", "cuda", "cpu"] | None = option(
         None, "implementation of the hot-path ops (default: auto)")
 
     def __post_init__(self) -> None:
         configs.validate(self)
+
+
+@dataclasses.dataclass
+class GenerateOptions(CheckpointRunOptions):
+    """``fsgan-fast generate MODEL``: what every model's generation takes."""
+
+    n: int = option(16, "number of images to generate", low=0)
+    batch_size: int = option(64, "images generated at once", low=1)
 
 
 @dataclasses.dataclass
@@ -327,18 +333,8 @@ def _cmd_generate(args: argparse.Namespace) -> int:
 
 
 @dataclasses.dataclass
-class AppOptions:
-    """``fsgan-fast app MODEL APP``: what every application takes besides its own inputs."""
-
-    ckpt: str = option(help="checkpoint written by 'fsgan-fast train' (RUN/checkpoint.pt)")
-    out: str = option(help="output folder (created; must be writable)")
-    seed: int = option(0, "seed of the application's randomness")
-    device: str | None = option(None, "torch device (default: cuda if available, else cpu)")
-    backend: Literal["auto", "reference", "triton", "cuda", "cpu"] | None = option(
-        None, "implementation of the hot-path ops (default: auto)")
-
-    def __post_init__(self) -> None:
-        configs.validate(self)
+class AppOptions(CheckpointRunOptions):
+    """``fsgan-fast app MODEL APP`` (and ``translate MODEL``): what every application takes besides its own inputs."""
 
 
 def _cmd_app(args: argparse.Namespace) -> int:
@@ -643,6 +639,13 @@ def _add_model_commands(sub, spec) -> None:
             _add_group(q, "application", AppOptions)
             _add_group(q, name, app.get("options"))
             q.set_defaults(func=_cmd_app, model=spec.name, app=name)
+    if "translate" in apps:  # image-to-image models: `fsgan-fast translate MODEL` is `fsgan-fast app MODEL translate`
+        app = apps["translate"]
+        q = sub["translate"].add_parser(spec.name, help=app.summary, formatter_class=_HelpFormatter,
+                                        description=app.description or app.summary)
+        _add_group(q, "application", AppOptions)
+        _add_group(q, "translate", app.get("options"))
+        q.set_defaults(func=_cmd_app, model=spec.name, app="translate")
 
     p = sub["eval"].add_parser(spec.name, help=f"evaluate a trained {spec.name}", formatter_class=_HelpFormatter,
                                description=f"The evaluation protocol of {spec.name}'s paper.")
@@ -663,6 +666,7 @@ def build_parser() -> argparse.ArgumentParser:
     model_subs = {}
     for command, text in (("train", "train a model"), ("generate", "generate images from a trained checkpoint"),
                           ("app", "run a trained model's applications beyond sampling (editing, upsampling, ...)"),
+                          ("translate", "translate images with a trained image-to-image model (side-by-side grids)"),
                           ("export", "export a generator to ONNX, TensorRT or AOTInductor"),
                           ("eval", "evaluate a checkpoint with its paper's protocol")):
         p = sub.add_parser(command, help=text, description=f"{text[0].upper()}{text[1:]}; see "

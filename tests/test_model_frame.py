@@ -144,11 +144,22 @@ def toy_generate(model, opts: ToyGenerateOptions, *, n, out, generator, batch_si
     return [save_image(img, out / f"{opts.prefix}{i}.png") for i, img in enumerate(model.generate(z))]
 
 
+@dataclasses.dataclass
+class ToyTranslateOptions:
+    images: int = option(2, "how many images to translate")
+
+
+def toy_translate(model, opts: ToyTranslateOptions, *, out, generator):
+    z = torch.randn(opts.images, model.cfg.nz, generator=generator)
+    return [save_image(img, out / f"translated{i}.png") for i, img in enumerate(model.generate(z))]
+
+
 TOY = registry.ModelSpec(
     name="toy", summary="a toy GAN registered by the test suite", model_config=ToyConfig,
     train_config=ToyTrainConfig, build=ToyGAN, train=toy_train, graph=toy_graph, export_options=ToyExportOptions,
     model_types=(ToyGAN,), generate=toy_generate, generate_options=ToyGenerateOptions,
     presets={"small": {"nz": 2}, "large": {"nz": 6, "iters": 4}}, auto_preset=lambda data: "small",
+    apps={"translate": registry.ModelApp(summary="toy translation", run=toy_translate, options=ToyTranslateOptions)},
 )
 
 
@@ -191,6 +202,11 @@ def test_toy_model_trains_resumes_generates_and_exports(toy, tmp_path, capsys):
     assert main(["generate", "toy", "--ckpt", str(run / "checkpoint.pt"), "--out", str(gen), "--n", "3",
                  "--prefix", "t"]) == 0
     assert sorted(p.name for p in gen.iterdir()) == ["t0.png", "t1.png", "t2.png"]
+
+    # an app named "translate" is also the top-level `translate MODEL` command, with the same options
+    for argv, folder in ((["translate", "toy"], "tr"), (["app", "toy", "translate"], "app")):
+        assert main([*argv, "--ckpt", str(run / "checkpoint.pt"), "--out", str(tmp_path / folder), "--images", "3"]) == 0
+        assert sorted(p.name for p in (tmp_path / folder).iterdir()) == [f"translated{i}.png" for i in range(3)]
 
     pytest.importorskip("onnxruntime")
     pytest.importorskip("onnxscript")
