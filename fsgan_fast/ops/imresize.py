@@ -261,11 +261,16 @@ def taps_reference(x: Tensor, row_idx: Tensor, row_w: Tensor, col_idx: Tensor, c
     return (xc * col_w).sum(-1).to(x.dtype)
 
 
+def dense_matrices(row_kernel, col_kernel, device, dtype: torch.dtype = torch.float64) -> tuple[Tensor, Tensor]:
+    """The dense ``[Ho, Hi]`` and ``[Wo, Wi]`` resize matrices of a :func:`plan`, for the references."""
+    rows = torch.from_numpy(np.array(resize_matrix(*row_kernel))).to(device, dtype)
+    cols = torch.from_numpy(np.array(resize_matrix(*col_kernel))).to(device, dtype)
+    return rows, cols
+
+
 def imresize_reference(x: Tensor, scale=None, *, size=None, mode: str = "matlab", edge: str = "official") -> Tensor:
     """``imresize`` in plain PyTorch (dense matrices, float64 inside)."""
-    rk, ck = plan(x.shape[-2:], scale=scale, size=size, mode=mode, edge=edge)
-    rows = torch.from_numpy(np.array(resize_matrix(*rk))).to(x.device)
-    cols = torch.from_numpy(np.array(resize_matrix(*ck))).to(x.device)
+    rows, cols = dense_matrices(*plan(x.shape[-2:], scale=scale, size=size, mode=mode, edge=edge), x.device)
     return separable_reference(x, rows, cols)
 
 

@@ -86,10 +86,9 @@ def pyramid_inject_reference(prev: Tensor | None, size: Sequence[int], noise: Te
     if prev is None:
         up = noise.new_zeros(B, channels, *size, dtype=acc)
     else:
-        rk, ck = _resize.plan(prev.shape[-2:], scale=scale, size=None if scale else tuple(size), mode=mode, edge=edge,
-                              crop=tuple(size) if scale else None)
-        rows = torch.from_numpy(np.array(_resize.resize_matrix(*rk))).to(prev.device, acc)
-        cols = torch.from_numpy(np.array(_resize.resize_matrix(*ck))).to(prev.device, acc)
+        kernels = _resize.plan(prev.shape[-2:], scale=scale, size=None if scale else tuple(size), mode=mode,
+                               edge=edge, crop=tuple(size) if scale else None)
+        rows, cols = _resize.dense_matrices(*kernels, prev.device, acc)
         up = torch.einsum("yh,bchw,xw->bcyx", rows, prev.to(acc), cols)
     a = _amp_tensor(amp, B, noise).to(acc).view(-1, 1, 1, 1)
     n = noise.to(acc)
