@@ -120,6 +120,31 @@ def timed(benchmark, fn, *, inner: int, rounds: int, warmup: int = 2, extra: dic
             benchmark.extra_info["pct_hbm_floor"] = 100 * (nbytes / (bw * 1e9)) / per_call
 
 
+PLAIN_VARIANTS = ("reference", "official", "eager", "loop")  # plain PyTorch/numpy: timed everywhere
+
+
+def skip_reason(ops: str | tuple[str, ...], variant: str, dtype: torch.dtype = torch.float32) -> str | None:
+    """Why a bench case of ``variant`` cannot or should not run here (None: run it).
+
+    Plain variants always run; ``compiled`` (torch.compile of the reference) and ``triton`` are timed on a GPU
+    only (minutes of compilation on a 2-core CPU; the Triton interpreter is a correctness tool); a native backend
+    runs where every op in ``ops`` (a forward and the backward it resolves, say) has it for ``dtype``."""
+    if variant in PLAIN_VARIANTS:
+        return None
+    on_gpu = DEVICE.type == "cuda"
+    if variant == "compiled":
+        return None if on_gpu else "torch.compile is timed on the GPU only (minutes of compilation on a 2-core CPU)"
+    if variant == "triton" and not on_gpu:
+        return "Triton timings are meaningful on a GPU only (the CPU interpreter is a correctness tool)"
+    from fsgan_fast import backends
+
+    for op in (ops,) if isinstance(ops, str) else ops:
+        reason = backends.why_unavailable(op, variant, DEVICE, dtype)
+        if reason:
+            return reason
+    return None
+
+
 @pytest.fixture(autouse=True)
 def _within_budget():
     """gpu.sh sets FSGAN_BENCH_DEADLINE (epoch seconds) from its time budget: past it, the remaining cases skip, so

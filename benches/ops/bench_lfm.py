@@ -10,8 +10,7 @@ import pytest
 import torch
 
 import fsgan_fast
-from benches.conftest import DEVICE, timed
-from fsgan_fast import backends
+from benches.conftest import DEVICE, skip_reason, timed
 from fsgan_fast.ops import lfm_fuse
 from fsgan_fast.ops.lfm import lfm_apply_reference, lfm_fuse_reference
 from tests.ops.test_lfm import assert_close, assert_matches_are_argmax, make_inputs
@@ -32,16 +31,6 @@ def _runner(variant: str):
     return lambda f, b, p, a: lfm_fuse(f, b, p, a, backend=variant, check_indices=False)
 
 
-def _skip_reason(variant: str, dtype: torch.dtype) -> str | None:
-    if variant in ("reference", "compiled"):
-        if variant == "compiled" and not ON_GPU:
-            return "torch.compile variant is timed on the GPU only (minutes of compilation on a 2-core CPU)"
-        return None
-    if variant == "triton" and not ON_GPU:
-        return "Triton timings are meaningful on a GPU only (the CPU interpreter is a correctness tool)"
-    return backends.why_unavailable("lfm_fuse", variant, DEVICE, dtype)
-
-
 def _bytes(shape, dtype, passes: str) -> int:
     B, K, C, H, W, n = shape
     e = torch.tensor([], dtype=dtype).element_size()
@@ -57,7 +46,7 @@ def _bytes(shape, dtype, passes: str) -> int:
 @pytest.mark.parametrize("variant", VARIANTS)
 @pytest.mark.parametrize("passes", ["fwd", "fwdbwd"])
 def bench_lfm_fuse(benchmark, variant, shape_name, passes, dtype):
-    reason = _skip_reason(variant, dtype)
+    reason = skip_reason("lfm_fuse", variant, dtype)
     if reason:
         pytest.skip(reason)
     shape = SHAPES[shape_name]

@@ -16,8 +16,7 @@ import pytest
 import torch
 
 import fsgan_fast
-from benches.conftest import DEVICE, timed
-from fsgan_fast import backends
+from benches.conftest import DEVICE, skip_reason, timed
 from fsgan_fast.ops import pyramid_inject
 
 P = importlib.import_module("fsgan_fast.ops.pyramid")
@@ -49,18 +48,10 @@ def official_step(prev: torch.Tensor, size, noise, amp: float, pad: int = 5):
     return up, pad_fn(up) + amp * pad_fn(noise)
 
 
-def _skip_reason(variant: str) -> str | None:
-    if variant in ("official", "reference"):
-        return None
-    if variant == "triton" and not ON_GPU:
-        return "Triton timings are meaningful on a GPU only (the CPU interpreter is a correctness tool)"
-    return backends.why_unavailable("pyramid_inject", variant, DEVICE, torch.float32)
-
-
 @pytest.mark.parametrize("shape_name", list(SHAPES))
 @pytest.mark.parametrize("variant", VARIANTS)
 def bench_pyramid_inject(benchmark, variant, shape_name):
-    reason = _skip_reason(variant)
+    reason = skip_reason("pyramid_inject", variant)
     if reason:
         pytest.skip(reason)
     B, h, w, H, W = SHAPES[shape_name]

@@ -19,8 +19,7 @@ import pytest
 import torch
 
 import fsgan_fast
-from benches.conftest import DEVICE, timed
-from fsgan_fast import backends
+from benches.conftest import DEVICE, skip_reason, timed
 from fsgan_fast.ops import sle_gate
 from tests.ops import kit
 from tests.ops.test_sle_gate import make_inputs
@@ -51,18 +50,6 @@ def _runner(variant: str):
     return lambda *a: sle_gate(*a, backend=variant)
 
 
-def _skip_reason(variant: str, dtype: torch.dtype) -> str | None:
-    if variant == "reference":
-        return None
-    if variant == "compiled":
-        return None if ON_GPU else "torch.compile is timed on the GPU only (minutes of compilation on a 2-core CPU)"
-    if variant == "triton" and not ON_GPU:
-        return "Triton timings are meaningful on a GPU only (the CPU interpreter is a correctness tool)"
-    # the forward resolves the backward too: both must be there
-    return backends.why_unavailable("sle_gate", variant, DEVICE, dtype) or \
-        backends.why_unavailable("sle_gate_backward", variant, DEVICE, dtype)
-
-
 def _bytes(shape, dtype, passes: str) -> int:
     B, Cl, h, w, Ch, H, W = shape
     e = torch.tensor([], dtype=dtype).element_size()
@@ -89,7 +76,7 @@ def _check(got, want, dtype, what, rel=1e-5):
 @pytest.mark.parametrize("variant", VARIANTS)
 @pytest.mark.parametrize("passes", ["fwd", "fwdbwd"])
 def bench_sle_gate(benchmark, variant, shape_name, passes, dtype):
-    reason = _skip_reason(variant, dtype)
+    reason = skip_reason(("sle_gate", "sle_gate_backward"), variant, dtype)  # the forward resolves the backward too
     if reason:
         pytest.skip(reason)
     shape = SHAPES[shape_name]
