@@ -120,7 +120,8 @@ def timed(benchmark, fn, *, inner: int, rounds: int, warmup: int = 2, extra: dic
             benchmark.extra_info["pct_hbm_floor"] = 100 * (nbytes / (bw * 1e9)) / per_call
 
 
-PLAIN_VARIANTS = ("reference", "official", "eager", "loop")  # plain PyTorch/numpy: timed everywhere
+# plain PyTorch/numpy variants: timed everywhere
+PLAIN_VARIANTS = ("reference", "official", "eager", "loop")
 
 
 def skip_reason(ops: str | tuple[str, ...], variant: str, dtype: torch.dtype = torch.float32) -> str | None:

@@ -6,9 +6,6 @@ alone; native lowering), and the ``fsgan-fast train | export | generate fastgan`
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
-import textwrap
 
 import pytest
 import torch
@@ -22,6 +19,7 @@ pytest.importorskip("onnxscript")
 
 from fsgan_fast import backends, export  # noqa: E402
 from fsgan_fast.export.aoti import graph_ops  # noqa: E402
+from tests.export.aoti_child import run_in_child  # noqa: E402
 
 # 128 px keeps one head and three comp blocks (six noise maps: 8, 8, 32, 32, 128, 128 px) with every G part
 # (SLE at 64 and 128 px); ngf=4 is the narrowest width the config allows at this size
@@ -168,18 +166,6 @@ def test_fastgan_graph_metadata_names_the_generator(model):
 # ---------------------------------------------------------------------------------------------------
 # torch.export + AOTInductor (CPU here, GPU in benches/gpu.sh)
 
-CHILD = textwrap.dedent(
-    """
-    import sys, torch
-    package, inputs, outputs = sys.argv[1:4]
-    runner = torch._inductor.aoti_load_package(package)
-    out = runner(*torch.load(inputs))
-    assert not [m for m in sys.modules if m.startswith("fsgan_fast")], "the package must not need fsgan_fast"
-    torch.save(out, outputs)
-    print(runner.get_metadata()["fsgan_fast.lowering"])
-    """
-)
-
 
 def test_fastgan_export_program_lowerings(model):
     """The traced program holds no fsgan_fast op under the reference lowering, the CPU kernel under native."""
@@ -193,15 +179,8 @@ def test_fastgan_aoti_reference_loads_without_fsgan_fast(model, tmp_path):
     graph = export.generator_graph(model)
     path = export.package_aoti(graph, tmp_path / "g.pt2", batch=(1, 2, 4), lowering="reference")
     inputs = graph.example_inputs(3, seed=3)
-    torch.save(inputs, tmp_path / "in.pt")
-    proc = subprocess.run(
-        [sys.executable, "-c", CHILD, str(path), str(tmp_path / "in.pt"), str(tmp_path / "out.pt")],
-        capture_output=True, text=True, cwd=tmp_path,
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    assert proc.stdout.strip().splitlines()[-1] == "reference"
-    out = torch.load(tmp_path / "out.pt")
-    out = out[0] if isinstance(out, (list, tuple)) else out
+    out, lowering = run_in_child(path, inputs, tmp_path)
+    assert lowering == "reference"
     with torch.no_grad():
         expected = graph.module(*inputs)
     assert (out - expected).abs().max() <= PARITY * expected.abs().max()
@@ -224,17 +203,9 @@ def test_fastgan_aoti_native_lowering(model, tmp_path):
     errs = graph.compare(runner, (1, 4))
     assert errs["max_rel_err"] <= PARITY, errs
 
-    torch.save(graph.example_inputs(2, seed=5), tmp_path / "in.pt")
-    child = "import fsgan_fast.ops\n" + CHILD.replace(
-        'assert not [m for m in sys.modules if m.startswith("fsgan_fast")]',
-        'assert not [m for m in sys.modules if m.startswith(("fsgan_fast.models", "fsgan_fast.export"))]',
-    )
-    proc = subprocess.run([sys.executable, "-c", child, str(path), str(tmp_path / "in.pt"), str(tmp_path / "out.pt")],
-                          capture_output=True, text=True, cwd=tmp_path)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    out = torch.load(tmp_path / "out.pt")
-    out = out[0] if isinstance(out, (list, tuple)) else out
-    torch.testing.assert_close(out, graph.run(*torch.load(tmp_path / "in.pt")), rtol=1e-4, atol=1e-5)
+    inputs = graph.example_inputs(2, seed=5)
+    out, _ = run_in_child(path, inputs, tmp_path, with_ops=True)
+    torch.testing.assert_close(out, graph.run(*inputs), rtol=1e-4, atol=1e-5)
 
 
 # ---------------------------------------------------------------------------------------------------

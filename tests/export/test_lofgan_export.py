@@ -5,9 +5,6 @@ parser list) and torch.export + AOTInductor (reference lowering loaded with torc
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
-import textwrap
 
 import pytest
 import torch
@@ -19,6 +16,7 @@ pytest.importorskip("onnxruntime")
 pytest.importorskip("onnxscript")
 
 from fsgan_fast import backends, export  # noqa: E402
+from tests.export.aoti_child import run_in_child  # noqa: E402
 
 CFG = LoFGANConfig(size=32, shots=3, n_classes=4, gen_channels=(8, 16, 16))
 PARITY = 1e-4  # fp32 max relative error the issue asks for
@@ -129,32 +127,13 @@ def test_tensorrt_check_flags_what_the_parser_rejects():
 # ---------------------------------------------------------------------------------------------------
 # torch.export + AOTInductor (CPU here, GPU in benches/gpu.sh)
 
-CHILD = textwrap.dedent(
-    """
-    import sys, torch
-    package, inputs, outputs = sys.argv[1:4]
-    runner = torch._inductor.aoti_load_package(package)
-    out = runner(*torch.load(inputs))
-    assert not [m for m in sys.modules if m.startswith("fsgan_fast")], "the package must not need fsgan_fast"
-    torch.save(out, outputs)
-    print(runner.get_metadata()["fsgan_fast.lowering"])
-    """
-)
-
 
 def test_lofgan_aoti_reference_loads_without_fsgan_fast(model, tmp_path):
     graph = export.generator_graph(model, single_episode=True)
     path = export.package_aoti(graph, tmp_path / "g.pt2", batch=(1, 4, 8), lowering="reference")
     inputs = graph.example_inputs(5, seed=3)
-    torch.save(inputs, tmp_path / "in.pt")
-    proc = subprocess.run(
-        [sys.executable, "-c", CHILD, str(path), str(tmp_path / "in.pt"), str(tmp_path / "out.pt")],
-        capture_output=True, text=True, cwd=tmp_path,
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    assert proc.stdout.strip().splitlines()[-1] == "reference"
-    out = torch.load(tmp_path / "out.pt")
-    out = out[0] if isinstance(out, (list, tuple)) else out
+    out, lowering = run_in_child(path, inputs, tmp_path)
+    assert lowering == "reference"
     with torch.no_grad():
         expected = graph.module(*inputs)
     assert (out - expected).abs().max() <= PARITY * expected.abs().max()
@@ -181,17 +160,9 @@ def test_lofgan_aoti_native_lowering(model, tmp_path):
     _check_runner_inputs(runner, graph)
 
     # a fresh process that registers the kernels (fsgan_fast.ops) but never imports models or export
-    torch.save(graph.example_inputs(2, seed=5), tmp_path / "in.pt")
-    child = "import fsgan_fast.ops\n" + CHILD.replace(
-        'assert not [m for m in sys.modules if m.startswith("fsgan_fast")]',
-        'assert not [m for m in sys.modules if m.startswith(("fsgan_fast.models", "fsgan_fast.export"))]',
-    )
-    proc = subprocess.run([sys.executable, "-c", child, str(path), str(tmp_path / "in.pt"), str(tmp_path / "out.pt")],
-                          capture_output=True, text=True, cwd=tmp_path)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    out = torch.load(tmp_path / "out.pt")
-    out = out[0] if isinstance(out, (list, tuple)) else out
-    torch.testing.assert_close(out, graph.run(*torch.load(tmp_path / "in.pt")), rtol=1e-4, atol=1e-5)
+    inputs = graph.example_inputs(2, seed=5)
+    out, _ = run_in_child(path, inputs, tmp_path, with_ops=True)
+    torch.testing.assert_close(out, graph.run(*inputs), rtol=1e-4, atol=1e-5)
 
 
 def _check_runner_inputs(runner, graph) -> None:
