@@ -75,6 +75,10 @@ class SinGANTrainConfig(TrainConfig):
                         "graph and replay it with fresh noise (CUDA devices only)")
     sample_every: int = option(500, "iterations between sample grids (0 = at the end of each scale only)", low=0)
     ckpt_every: int = option(500, "iterations between checkpoints (0 = at the end of each scale only)", low=0)
+    # SinGAN generates with the trained G itself (no EMA copy), and --fast (CUDA graphs) is its compiled path:
+    # these two base options are no command-line options here, and a config file setting them is refused
+    ema: float = option(0.0, cli=False)
+    compile: bool = option(False, cli=False)
 
     # the stage boundaries are iters apart: a resumed run keeps them
     RESUMABLE: ClassVar[frozenset[str]] = frozenset({"log_every", "sample_every", "ckpt_every", "compile"})
@@ -83,6 +87,10 @@ class SinGANTrainConfig(TrainConfig):
         super().__post_init__()
         if self.amp != "none":
             raise configs.ConfigError("amp: SinGAN trains in fp32 (its nets are tiny and its losses need the range)")
+        if self.ema:
+            raise configs.ConfigError("ema: SinGAN keeps no EMA copy of G (its samples come from the trained G)")
+        if self.compile:
+            raise configs.ConfigError("compile: SinGAN's compiled path is --fast (each iteration as a CUDA graph)")
 
 
 def gradient_penalty(dis: nn.Module, real: Tensor, fake: Tensor, alpha: Tensor | float) -> Tensor:

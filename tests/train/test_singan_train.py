@@ -11,6 +11,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from fsgan_fast.cli import main
 from fsgan_fast.data.types import DatasetError
 from fsgan_fast.models.singan import SinGAN, SinGANConfig
 from fsgan_fast.train.loop import RunError, TrainingInterrupted, load_checkpoint
@@ -196,3 +197,18 @@ def test_eval_every_needs_the_inception_weights(photo_file, tmp_path, monkeypatc
         train_singan(photo_file, tmp_path / "run", model_cfg=SinGANConfig(**TINY), progress=False, device="cpu",
                      iters=2, eval_every=1)
     assert not (tmp_path / "run" / "checkpoint.pt").exists()
+
+
+def test_base_options_singan_does_not_use_are_refused(tmp_path, capsys):
+    """--ema and --compile are no SinGAN options; a config file that sets them is refused with the reason."""
+    from fsgan_fast.configs import ConfigError
+    from fsgan_fast.train.singan import SinGANTrainConfig
+
+    with pytest.raises(SystemExit):
+        main(["train", "singan", "--help"])
+    text = capsys.readouterr().out
+    assert "--fast" in text and "--ema" not in text and "--compile" not in text
+    with pytest.raises(ConfigError, match="ema: SinGAN keeps no EMA"):
+        SinGANTrainConfig(ema=0.999)
+    with pytest.raises(ConfigError, match="compile: SinGAN's compiled path is --fast"):
+        SinGANTrainConfig(compile=True)
