@@ -28,5 +28,15 @@ TORCH_LIBRARY_FRAGMENT(fsgan_fast, m) {
   m.def("_pyramid_inject_cuda(Tensor prev, Tensor row_idx, Tensor row_w, Tensor col_idx, Tensor col_w, Tensor noise, "
         "Tensor amp, SymInt pad) -> (Tensor, Tensor)");
   m.def("_pyramid_blend_cuda(Tensor up, Tensor residual, Tensor? mask) -> Tensor");
+  m.def("_masked_avg_pool_cpu(Tensor feats, Tensor weights, bool per_image) -> (Tensor, Tensor)");
+  m.def("_masked_avg_pool_cuda(Tensor feats, Tensor weights, bool per_image) -> (Tensor, Tensor)");
+  m.def("_cosine_topk_cpu(Tensor feats, Tensor prototypes, SymInt k, bool over_pixels) -> (Tensor, Tensor)");
+  m.def("_cosine_topk_cuda(Tensor feats, Tensor prototypes, SymInt k, bool over_pixels) -> (Tensor, Tensor)");
+  m.def("_crop_resize_cpu(Tensor x, Tensor boxes, Tensor image_index, SymInt out_h, SymInt out_w) -> Tensor");
+  m.def("_crop_resize_backward_cpu(Tensor grad, Tensor boxes, Tensor image_index, SymInt batch, SymInt height, "
+        "SymInt width) -> Tensor");
+  m.def("_crop_resize_cuda(Tensor x, Tensor boxes, Tensor image_index, SymInt out_h, SymInt out_w) -> Tensor");
+  m.def("_crop_resize_backward_cuda(Tensor grad, Tensor boxes, Tensor image_index, SymInt batch, SymInt height, "
+        "SymInt width) -> Tensor");
 }
 #endif
