@@ -5,9 +5,6 @@ loaded by a process without fsgan_fast), and ``fsgan-fast export matchgan`` on a
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
-import textwrap
 
 import pytest
 import torch
@@ -21,6 +18,7 @@ pytest.importorskip("onnxscript")
 from fsgan_fast import export  # noqa: E402
 from fsgan_fast.cli import main  # noqa: E402
 from fsgan_fast.export.aoti import graph_ops  # noqa: E402
+from tests.export.aoti_child import run_in_child  # noqa: E402
 
 CFG = MatchGANConfig(size=16, g_conv_dim=4, d_conv_dim=4, g_repeat_num=2, d_repeat_num=3,
                      labels=("Gray", "Red_Tint", "Blue_Tint", "Blurred"), exclusive=("Red_Tint,Blue_Tint",),
@@ -107,29 +105,13 @@ def test_matchgan_export_program_holds_no_fsgan_fast_op(model):
     assert graph_ops(export.export_program(graph, batch=(1, 2, 4), lowering="reference")) == []
 
 
-CHILD = textwrap.dedent(
-    """
-    import sys, torch
-    package, inputs, outputs = sys.argv[1:4]
-    runner = torch._inductor.aoti_load_package(package)
-    out = runner(*torch.load(inputs))
-    assert not [m for m in sys.modules if m.startswith("fsgan_fast")], "the package must not need fsgan_fast"
-    torch.save(out, outputs)
-    """
-)
-
-
 @pytest.mark.slow
 def test_matchgan_aoti_reference_loads_without_fsgan_fast(model, tmp_path):
     graph = export.generator_graph(model)
     path = export.package_aoti(graph, tmp_path / "g.pt2", batch=(1, 2, 4), lowering="reference")
     inputs = graph.example_inputs(3, seed=3)
-    torch.save(inputs, tmp_path / "in.pt")
-    proc = subprocess.run([sys.executable, "-c", CHILD, str(path), str(tmp_path / "in.pt"), str(tmp_path / "out.pt")],
-                          capture_output=True, text=True, cwd=tmp_path)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    out = torch.load(tmp_path / "out.pt")
-    out = out[0] if isinstance(out, (list, tuple)) else out
+    out, lowering = run_in_child(path, inputs, tmp_path)
+    assert lowering == "reference"
     expected = graph.run(*inputs)
     assert (out - expected).abs().max() <= PARITY * expected.abs().max()
     runner = export.AOTIGenerator(path)
