@@ -250,6 +250,9 @@ def _cmd_train(args: argparse.Namespace) -> int:
     file_values, file_preset = _config_file_values(spec, args.config) if args.config else ({}, None)
     given = {**file_values, **_options(args, model_cls, train_cls, RunOptions)}
     run_values = {k: given[k] for k in _options(argparse.Namespace(**given), RunOptions)}
+    data_option = getattr(train_cls, "DATA_OPTION", None)  # a train option that stands for --data (smis: --pairs)
+    if "data" not in run_values and data_option and given.get(data_option) is not None:
+        run_values["data"] = given[data_option]
     if given.get("resume") is not None and "data" not in run_values and "out" in run_values:
         run_values["data"] = _data_of_run(Path(run_values["out"]))  # a resumed run reads the same data by default
     run = _build(RunOptions, run_values, f"train {spec.name}")

@@ -472,8 +472,9 @@ def opgan_graph(model: nn.Module, *, direction: str = "ab"):
 class TranslateOptions:
     """The inputs of ``fsgan-fast translate opgan``."""
 
-    input: str = option("builtin", "what to translate: an image file, a folder of images (searched recursively), or "
-                        "'builtin' (the built-in set's images of the source domain, evenly spread)", metavar="PATH")
+    images: tuple[str, ...] = option(("builtin",), "what to translate: image files, folders of images (searched "
+                                     "recursively), or 'builtin' (the built-in set's images of the source domain, "
+                                     "evenly spread)", metavar="PATH")
     direction: Literal["ab", "ba"] = option("ab", "ab: domain A -> B with G_ab; ba: B -> A with G_ba")
     n: int = option(16, "translate at most N images, in file-name order (0 = all)", low=0)
     size: int | None = option(None, "images are centre-cropped to a square and resized to this side, a multiple of 4 "
@@ -488,13 +489,13 @@ class TranslateOptions:
 
 
 def _translate_inputs(opts: TranslateOptions, side: int) -> tuple[Tensor, list[str]]:
-    """``(uint8 [N, 3, side, side], names)`` of what ``opts.input`` names, at most ``opts.n``."""
+    """``(uint8 [N, 3, side, side], names)`` of what ``opts.images`` name, at most ``opts.n``."""
     from fsgan_fast.data.image_set import _image_files
     from fsgan_fast.data.types import DatasetError
     from fsgan_fast.utils.images import read_image
 
     limit = opts.n or None
-    if opts.input == "builtin":
+    if tuple(opts.images) == ("builtin",):
         from fsgan_fast.data.two_domain import builtin_two_domains
 
         domain = builtin_two_domains(side).domain(opts.direction[0])
@@ -502,21 +503,26 @@ def _translate_inputs(opts: TranslateOptions, side: int) -> tuple[Tensor, list[s
         count = domain.shape[0] if limit is None else min(limit, domain.shape[0])
         picks = torch.linspace(0, domain.shape[0] - 1, count).round().long().tolist()
         return domain[picks], [f"builtin_{opts.direction[0]}{i:03d}" for i in picks]
-    path = Path(opts.input)
-    if not path.exists():
-        raise OPGANInputError(f"--input {opts.input!r} does not exist (an image file, a folder of images, or "
-                              "'builtin')")
-    try:
-        files = [path] if path.is_file() else _image_files(path)
-    except DatasetError as e:
-        raise OPGANInputError(f"--input: {e}") from None
-    if not files:
-        raise OPGANInputError(f"--input {opts.input!r} holds no image files")
+    if not opts.images:
+        raise OPGANInputError("--images: give at least one image file or folder (or 'builtin')")
+    files = []
+    for given in opts.images:
+        path = Path(given)
+        if given == "builtin" or not path.exists():
+            raise OPGANInputError(f"--images {given!r} does not exist (image files, folders of images, or 'builtin' "
+                                  "alone)")
+        try:
+            found = [path] if path.is_file() else _image_files(path)
+        except DatasetError as e:
+            raise OPGANInputError(f"--images: {e}") from None
+        if not found:
+            raise OPGANInputError(f"--images {given!r} holds no image files")
+        files += found
     files = files[:limit]
     try:
         images = torch.stack([read_image(f, side) for f in files])
     except ValueError as e:
-        raise OPGANInputError(f"--input: {e}") from None
+        raise OPGANInputError(f"--images: {e}") from None
     return images, [f.stem for f in files]
 
 
@@ -541,7 +547,7 @@ APPS = {
     "translate": registry.ModelApp(
         "translate images A -> B (or B -> A) and write side-by-side source | translation grids", translate_command,
         TranslateOptions,
-        "Translate images with a trained OP-GAN: --input is an image file, a folder of images or 'builtin'; "
+        "Translate images with a trained OP-GAN: --images are image files, folders of images or 'builtin'; "
         "--direction ab uses G_ab (domain A -> B), ba uses G_ba. Writes OUT/<i>_<name>.png per image and "
         "OUT/grid.png (source | translation pairs, --per-row to a row)."),
 }

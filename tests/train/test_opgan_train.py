@@ -308,8 +308,8 @@ def test_cli_train_then_translate(tmp_path, capsys):
     # a folder of other-sized images, at another size
     _write_images(tmp_path / "photos", 2, 5, size=(50, 70))
     out2 = tmp_path / "translated2"
-    assert main(["app", "opgan", "translate", "--ckpt", str(run / "checkpoint.pt"), "--out", str(out2),
-                 "--input", str(tmp_path / "photos"), "--size", "40"]) == 0
+    assert main(["translate", "opgan", "--ckpt", str(run / "checkpoint.pt"), "--out", str(out2),
+                 "--images", str(tmp_path / "photos"), "--size", "40"]) == 0
     with Image.open(out2 / "0_0.png") as im:
         assert im.size == (40, 40)
     assert "grid.png" in capsys.readouterr().out
@@ -341,7 +341,7 @@ def test_translate_bad_input(tmp_path, capsys):
     for given, expected in ((str(tmp_path / "missing"), "does not exist"), (str(tmp_path / "empty"), "no image files"),
                             (str(tmp_path / "broken.png"), "cannot read image")):
         with pytest.raises(SystemExit) as e:
-            main(["app", "opgan", "translate", "--ckpt", ckpt, "--out", str(tmp_path / "o"), "--input", given])
+            main(["app", "opgan", "translate", "--ckpt", ckpt, "--out", str(tmp_path / "o"), "--images", given])
         assert e.value.code == 2
         err = capsys.readouterr().err
         assert expected in err and "Traceback" not in err, err

@@ -276,6 +276,10 @@ def test_cli_pairs_folder_errors(tmp_path, capsys):
         main(["train", "smis", "--pairs", str(folder), "--data", str(folder), "--out", str(tmp_path / "r"),
               *TINY_FLAGS, "--iters", "1", "--invert-steps", "1"])
     assert "is a RGB image: masks must be single-channel class ids" in capsys.readouterr().err
+    with pytest.raises(SystemExit):  # --pairs alone stands for --data (the command line)
+        main(["train", "smis", "--pairs", str(folder), "--out", str(tmp_path / "r"), *TINY_FLAGS, "--iters", "1",
+              "--invert-steps", "1"])
+    assert "is a RGB image: masks must be single-channel class ids" in capsys.readouterr().err
 
 
 def test_presets():
