@@ -26,7 +26,6 @@ images take 7.9 GB at 128 px.
 
 from __future__ import annotations
 
-import concurrent.futures
 import dataclasses
 import difflib
 import functools
@@ -41,6 +40,7 @@ from torch import Tensor
 
 from fsgan_fast.data.builtin import builtin_classes
 from fsgan_fast.data.classes import load_class_folders
+from fsgan_fast.data.image_set import decode_images
 from fsgan_fast.data.types import DatasetError
 
 LABEL_KINDS = ("attributes", "categorical")
@@ -327,29 +327,6 @@ def _find_image_dir(attr_file: Path, first: str, image_dir: str | os.PathLike | 
                        f"{', '.join(repr(str(t)) for t in tried)}; pass --image-dir")
 
 
-def _decode(files: list[Path], size: int, where: str, workers: int = 8) -> Tensor:
-    from fsgan_fast.utils.images import read_image
-
-    missing = [f for f in files if not f.is_file()]
-    if missing:
-        raise DatasetError(f"{len(missing)} of {len(files)} image files of {where} are missing, the first: "
-                           f"{str(missing[0])!r}")
-
-    def read(f: Path) -> Tensor | ValueError:
-        try:
-            return read_image(f, size)
-        except ValueError as e:
-            return e
-
-    with concurrent.futures.ThreadPoolExecutor(max_workers=workers) as pool:  # decoding releases the GIL
-        images = list(pool.map(read, files))
-    bad = [r for r in images if isinstance(r, ValueError)]
-    if bad:
-        many = f"{len(bad)} of {len(files)} image files of {where} cannot be read, the first: "
-        raise DatasetError(f"{many if len(bad) > 1 else ''}{bad[0]}") from bad[0]
-    return torch.stack(images)
-
-
 def load_attribute_file(path: str | os.PathLike, size: int, *, attrs: Sequence[str] = (),
                         exclusive: Sequence[str] = (), image_dir: str | os.PathLike | None = None) -> LabelledImages:
     """The images of an attribute file with the ``attrs`` attributes (all when empty) as multi-hot labels.
@@ -371,7 +348,7 @@ def load_attribute_file(path: str | os.PathLike, size: int, *, attrs: Sequence[s
         raise DatasetError(f"every image of {str(path)!r} breaks the exclusive groups {[','.join(g) for g in groups]}")
     folder = _find_image_dir(path, table.files[0], image_dir)
     files = [folder / f for f, k in zip(table.files, keep.tolist()) if k]
-    images = _decode(files, size, repr(str(path)))
+    images = decode_images(files, size, f"of {str(path)!r}")
     return LabelledImages(images, labels[keep], names, "attributes", exclusive=groups, source=str(path))
 
 

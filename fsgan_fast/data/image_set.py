@@ -52,6 +52,16 @@ def load_image_folder(root: str | os.PathLike, size: int, workers: int = 8) -> T
     files = _image_files(root)
     if not files:
         raise DatasetError(f"no image files under {str(root)!r} (files ending in {', '.join(IMAGE_EXTENSIONS)})")
+    return decode_images(files, size, f"under {str(root)!r}", workers)
+
+
+def decode_images(files: list[Path], size: int, where: str, workers: int = 8) -> Tensor:
+    """``uint8 [N, 3, size, size]`` of ``files`` (centre-cropped, resized), decoded on ``workers`` threads; a missing
+    or unreadable file is a DatasetError naming how many and the first (``where``: "under 'DIR'", say)."""
+    missing = [f for f in files if not f.is_file()]
+    if missing:
+        raise DatasetError(f"{len(missing)} of {len(files)} image files {where} are missing, the first: "
+                           f"{str(missing[0])!r}")
 
     def read(f: Path) -> Tensor | ValueError:
         try:
@@ -63,7 +73,7 @@ def load_image_folder(root: str | os.PathLike, size: int, workers: int = 8) -> T
         images = list(pool.map(read, files))
     bad = [r for r in images if isinstance(r, ValueError)]
     if bad:
-        many = f"{len(bad)} of {len(files)} image files under {str(root)!r} cannot be read, the first: "
+        many = f"{len(bad)} of {len(files)} image files {where} cannot be read, the first: "
         raise DatasetError(f"{many if len(bad) > 1 else ''}{bad[0]}") from bad[0]
     return torch.stack(images)
 
