@@ -14,8 +14,7 @@ import torch
 import torch.nn.functional as F
 
 import fsgan_fast
-from benches.conftest import DEVICE, timed
-from fsgan_fast import backends
+from benches.conftest import DEVICE, skip_reason, timed
 from fsgan_fast.ops import cosine_topk
 from fsgan_fast.ops.cosine_topk import EPS, cosine_topk_reference
 from tests.ops.test_cosine_topk import assert_valid_topk, make_inputs
@@ -54,17 +53,6 @@ def _runner(variant: str):
     return lambda f, q, k, over: cosine_topk(f, q, k, over=over, backend=variant)
 
 
-def _skip_reason(variant: str, dtype: torch.dtype) -> str | None:
-    if variant in ("eager", "reference"):
-        return None
-    if variant == "compiled":
-        return None if ON_GPU else ("torch.compile variant is timed on the GPU only (minutes of compilation on a "
-                                    "2-core CPU)")
-    if variant == "triton" and not ON_GPU:
-        return "Triton timings are meaningful on a GPU only (the CPU interpreter is a correctness tool)"
-    return backends.why_unavailable("cosine_topk", variant, DEVICE, dtype)
-
-
 def _bytes(shape, dtype, passes: str) -> int:
     B, C, H, W, M, k, over = shape
     e = torch.tensor([], dtype=dtype).element_size()
@@ -79,7 +67,7 @@ def _bytes(shape, dtype, passes: str) -> int:
 @pytest.mark.parametrize("variant", VARIANTS)
 @pytest.mark.parametrize("passes", ["fwd", "fwdbwd"])
 def bench_cosine_topk(benchmark, variant, shape_name, passes, dtype):
-    reason = _skip_reason(variant, dtype)
+    reason = skip_reason("cosine_topk", variant, dtype)
     if reason:
         pytest.skip(reason)
     shape = SHAPES[shape_name]

@@ -14,8 +14,7 @@ import torch
 import torch.nn.functional as F
 
 import fsgan_fast
-from benches.conftest import DEVICE, timed
-from fsgan_fast import backends
+from benches.conftest import DEVICE, skip_reason, timed
 from fsgan_fast.ops import masked_avg_pool
 from fsgan_fast.ops.masked_avg_pool import masked_avg_pool_reference
 from tests.ops.kit import assert_close
@@ -48,23 +47,12 @@ def _runner(variant: str):
     return lambda f, m, per_image: masked_avg_pool(f, m, per_image=per_image, backend=variant)
 
 
-def _skip_reason(variant: str, dtype: torch.dtype) -> str | None:
-    if variant in ("eager", "reference"):
-        return None
-    if variant == "compiled":
-        return None if ON_GPU else ("torch.compile variant is timed on the GPU only (minutes of compilation on a "
-                                    "2-core CPU)")
-    if variant == "triton" and not ON_GPU:
-        return "Triton timings are meaningful on a GPU only (the CPU interpreter is a correctness tool)"
-    return backends.why_unavailable("masked_avg_pool", variant, DEVICE, dtype)
-
-
 @pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: str(d).removeprefix("torch."))
 @pytest.mark.parametrize("shape_name", list(SHAPES))
 @pytest.mark.parametrize("variant", VARIANTS)
 @pytest.mark.parametrize("passes", ["fwd", "fwdbwd"])
 def bench_masked_avg_pool(benchmark, variant, shape_name, passes, dtype):
-    reason = _skip_reason(variant, dtype)
+    reason = skip_reason("masked_avg_pool", variant, dtype)
     if reason:
         pytest.skip(reason)
     shape = SHAPES[shape_name]
