@@ -7,8 +7,9 @@
 # Stages (default: all, in this order):
 #   tests     every test, GPU-marked ones included
 #   gputests  only what runs on the GPU: op tests on cuda devices, GPU-marked export tests, backend selection
-#   ops       benches/ops      (lfm_fuse, sle_gate, ...: reference / compiled / triton / cuda)
-#   models    benches/models   (LoFGAN, FastGAN, ...: train step and generation per backend)
+#   ops       benches/ops      (lfm_fuse, sle_gate, pyramid, patch_grid, cosine_topk, masked_avg_pool: reference /
+#                               compiled / triton / cuda)
+#   models    benches/models   (LoFGAN, FastGAN, SinGAN, OP-GAN, MatchGAN, StyleGAN2, SMIS: train step and generation)
 #   export    benches/export   (generation per deployment path: eager, compile, CUDA graph, AOTI, TensorRT)
 # BUDGET (seconds, from the start of the script) bounds the whole run: each stage gets what is left less a
 # margin and is interrupted with SIGINT when it runs out; benchmark cases that would start in the last
