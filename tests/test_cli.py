@@ -147,7 +147,7 @@ def test_export_onnx_and_aoti(run_dir, tmp_path, capsys):
 def test_info_bench_and_eval_commands(capsys):
     assert main(["info"]) == 0
     listed = capsys.readouterr().out
-    assert "models: fastgan, lofgan, singan" in listed
+    assert "models: fastgan, lofgan, matchgan, opgan, singan, smis" in listed
     with pytest.raises(SystemExit) as exit_info:
         main(["bench", "gpu-only"])
     assert exit_info.value.code == 2 and "unknown benchmark suite" in capsys.readouterr().err
