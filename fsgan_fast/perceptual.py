@@ -134,12 +134,7 @@ def _unavailable(vgg_path, heads_path, *, need_vgg: bool = True) -> str | None:
         )
     if not problems:
         return None
-    return (
-        "LPIPS is unavailable: "
-        + "; and ".join(problems)
-        + ". Fallback: reconstruction_loss('auto') uses per-pixel MSE instead (lightweight-gan's choice), which "
-        "is not FastGAN's LPIPS loss."
-    )
+    return "LPIPS is unavailable: " + "; and ".join(problems) + "."
 
 
 def lpips_available(
@@ -332,7 +327,8 @@ def reconstruction_loss(
     reason = lpips_available(vgg_path, heads_path=heads_path)
     if reason is None:
         return LPIPS(vgg_path, heads_path=heads_path)
-    log.warning("reconstruction_loss('auto') falls back to MSE. %s", reason)
+    log.warning("reconstruction_loss('auto') falls back to per-pixel MSE (lightweight-gan's choice for the same "
+                "decoders), which is not FastGAN's LPIPS loss. %s", reason)
     return PixelLoss("mse", fallback_reason=reason)
 
 

@@ -226,7 +226,7 @@ def test_reconstruction_bad_inputs_raise(model, kind, mutate, error):
 def test_missing_vgg_message(isolated, heads_file):
     reason = lpips_available(heads_path=heads_file)
     assert reason is not None
-    for needle in ("vgg16-397923af.pth", VGG16_ENV, VGG16_URL, str(isolated / "checkpoints"), "MSE"):
+    for needle in ("vgg16-397923af.pth", VGG16_ENV, VGG16_URL, str(isolated / "checkpoints")):
         assert needle in reason
     assert "lpips/weights" not in reason  # the heads were found
     with pytest.raises(PerceptualWeightsMissing, match=VGG16_ENV) as info:
@@ -313,7 +313,7 @@ def test_reconstruction_auto_falls_back_to_mse(isolated, heads_file, caplog):
     assert isinstance(loss, PixelLoss) and loss.kind == "mse"
     assert loss.fallback_reason == lpips_available(heads_path=heads_file)
     records = [r for r in caplog.records if r.name == "fsgan_fast" and r.levelno == logging.WARNING]
-    assert len(records) == 1 and "falls back to MSE" in records[0].getMessage()
+    assert len(records) == 1 and "falls back to per-pixel MSE" in records[0].getMessage()
     assert loss.fallback_reason in records[0].getMessage()
     x, y = make_inputs((2, 3, 16, 16), seed=1), make_inputs((2, 3, 16, 16), seed=2)
     torch.testing.assert_close(loss(x, y), reconstruction_loss("mse")(x, y))
