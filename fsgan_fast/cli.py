@@ -326,9 +326,13 @@ def _cmd_generate(args: argparse.Namespace) -> int:
                                        batch_size=opts.batch_size)
     except OSError as e:
         raise CLIError(f"cannot write the outputs: {e}") from None
-    images = [p for p in written if Path(p).parent == out]
-    print(f"wrote {opts.n} images and {', '.join(str(p) for p in images[opts.n:]) or 'nothing else'}")
+    print(f"wrote {len(written)} images to {out} (--n {opts.n}): {_listing(written)}")
     return 0
+
+
+def _listing(paths, shown: int = 6) -> str:
+    names = [Path(p).name for p in paths]
+    return ", ".join(names[:shown]) + (f", ... ({len(names) - shown} more)" if len(names) > shown else "") or "none"
 
 
 # ---------------------------------------------------------------------------------------------------

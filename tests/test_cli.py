@@ -82,7 +82,7 @@ def test_generate_writes_images_grid_and_similarity(run_dir, tmp_path, capsys):
         assert im.size == (32, 32) and im.mode == "RGB"
     with Image.open(out / "grid.png") as im:
         assert im.size == (5 * 34 + 2, 2 * 34 + 2)  # shots row, then the 5 generations
-    assert "wrote 5 images" in capsys.readouterr().out
+    assert "wrote 7 images to " in capsys.readouterr().out  # 5 generations, the grid and the similarity maps
 
 
 def test_bad_arguments_fail_clearly(run_dir, tmp_path, capsys):

@@ -289,7 +289,7 @@ def test_cli_generate_fastgan_with_style_mix(checkpoint, tmp_path, capsys):
     assert main(["generate", "fastgan", "--ckpt", str(checkpoint), "--out", str(out), "--n", "3",
                  "--style-mix", "2"]) == 0
     assert sorted(p.name for p in out.iterdir()) == ["0.png", "1.png", "2.png", "grid.png", "style_mix.png"]
-    assert "wrote 3 images" in capsys.readouterr().out
+    assert "wrote 5 images to " in capsys.readouterr().out
     tile = 128 + 2  # image side plus make_grid's 2 px padding
     sizes = {}
     for name in ("0.png", "grid.png", "style_mix.png"):

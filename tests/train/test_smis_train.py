@@ -231,7 +231,7 @@ def test_cli_train_then_generate(tmp_path, capsys):
                  str(masks / "cat.png"), "--n", "3"]) == 0
     assert sorted(p.name for p in out.iterdir()) == ["cat_0.png", "cat_1.png", "cat_2.png", "cat_grid.png",
                                                      "cat_mask.png", "cat_plain.png"]
-    assert "wrote 3 images" in capsys.readouterr().out
+    assert "wrote 6 images to " in capsys.readouterr().out  # per mask: 3 outputs, the grid, the mask, the plain encoding
     with Image.open(out / "cat_0.png") as a, Image.open(out / "cat_1.png") as b:
         assert a.size == (32, 32) and np.abs(np.asarray(a, np.int16) - np.asarray(b, np.int16)).max() > 0
     with Image.open(out / "cat_grid.png") as im:
