@@ -38,5 +38,9 @@ TORCH_LIBRARY_FRAGMENT(fsgan_fast, m) {
   m.def("_crop_resize_cuda(Tensor x, Tensor boxes, Tensor image_index, SymInt out_h, SymInt out_w) -> Tensor");
   m.def("_crop_resize_backward_cuda(Tensor grad, Tensor boxes, Tensor image_index, SymInt batch, SymInt height, "
         "SymInt width) -> Tensor");
+  m.def("_bias_act_cpu(Tensor x, Tensor? bias, str act, float alpha, float gain) -> Tensor");
+  m.def("_bias_act_backward_cpu(Tensor grad, Tensor y, str act, float alpha, float gain) -> Tensor");
+  m.def("_bias_act_cuda(Tensor x, Tensor? bias, str act, float alpha, float gain) -> Tensor");
+  m.def("_bias_act_backward_cuda(Tensor grad, Tensor y, str act, float alpha, float gain) -> Tensor");
 }
 #endif

@@ -22,9 +22,10 @@ with ``load_state_dict(strict=True)`` and gives the same images, because the mat
    w[2j-3], so ``n_latent = 2 log2(size) - 2`` (18 at 1024 px). Noise layer i has side ``2 ** ((i + 5) // 2)``;
    ``noises.noise_i`` are fixed ``[1, 1, r, r]`` buffers used by ``randomize_noise=False``.
 
-``upfirdn2d`` and ``fused_leaky_relu`` (the bias_act of NVlabs' code) run as composite PyTorch here (zero
+``fused_leaky_relu`` (the bias_act of NVlabs' code) is the op :func:`fsgan_fast.ops.bias_act` with
+``act="lrelu"`` (reference, Triton, CUDA and C++ CPU backends). ``upfirdn2d`` stays composite PyTorch (zero
 insertion by reshape + pad, then a per-channel grouped conv2d with the flipped FIR), which ``torch.compile``
-fuses; custom Triton/CUDA kernels for them (the ops/ pattern: reference + fast path + bench) are future work.
+fuses; a custom kernel for it (the ops/ pattern: reference + fast path + bench) is future work.
 
 Deviations, all invisible with the default config: truncation applies for every ``truncation != 1``
 (rosinality ignores psi > 1), ToRGB's skip upsampler uses ``cfg.blur_kernel`` (rosinality always uses
@@ -47,6 +48,7 @@ from torch import Tensor, nn
 
 from fsgan_fast import configs
 from fsgan_fast.configs import option
+from fsgan_fast.ops import bias_act
 
 SQRT2 = math.sqrt(2.0)
 MIN_SIZE, MAX_SIZE = 32, 1024
@@ -115,15 +117,14 @@ class StyleGAN2Output(NamedTuple):
 
 
 # ---------------------------------------------------------------------------------------------------
-# Composite ops (custom kernels are future work, see the module docstring)
+# Composite ops (upfirdn2d; fused_leaky_relu is the bias_act op, see the module docstring)
 
 
 def fused_leaky_relu(x: Tensor, bias: Tensor, negative_slope: float = 0.2, scale: float = SQRT2) -> Tensor:
     """``leaky_relu(x + bias, negative_slope) * scale`` with ``bias`` ``[C]`` added along dim 1 of ``x``."""
     if bias.ndim != 1 or x.ndim < 2 or x.shape[1] != bias.shape[0]:
         raise ValueError(f"bias must be [C] with C = x.shape[1]; got x {tuple(x.shape)}, bias {tuple(bias.shape)}")
-    b = bias.to(x.dtype).view(1, -1, *([1] * (x.ndim - 2)))
-    return F.leaky_relu(x + b, negative_slope) * scale
+    return bias_act(x, bias.to(x.dtype), act="lrelu", alpha=negative_slope, gain=scale)
 
 
 def _pads4(pad: Sequence[int]) -> tuple[int, int, int, int]:

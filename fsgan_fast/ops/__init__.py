@@ -1,5 +1,6 @@
 """Hot-path ops: one module per op, each with its reference, custom op and public function."""
 
+from fsgan_fast.ops.bias_act import bias_act
 from fsgan_fast.ops.crop_resize import crop_resize, crop_resize_indexed
 from fsgan_fast.ops.cosine_topk import cosine_topk
 from fsgan_fast.ops.imresize import imresize
@@ -27,4 +28,5 @@ __all__ = [
     "patch_grid",
     "grid_boxes",
     "sample_patch_pairs",
+    "bias_act",
 ]
