@@ -331,8 +331,11 @@ def _cmd_generate(args: argparse.Namespace) -> int:
 
 
 def _listing(paths, shown: int = 6) -> str:
+    """The file names, the first few and the last (often the grid) when there are many."""
     names = [Path(p).name for p in paths]
-    return ", ".join(names[:shown]) + (f", ... ({len(names) - shown} more)" if len(names) > shown else "") or "none"
+    if len(names) > shown:
+        names = names[:shown - 1] + [f"... ({len(names) - shown} more)", names[-1]]
+    return ", ".join(names) or "none"
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -362,7 +365,7 @@ def _cmd_app(args: argparse.Namespace) -> int:
         written = app.get("run")(model, app_opts, out=out, generator=generator)
     except OSError as e:
         raise CLIError(f"cannot write the outputs: {e}") from None
-    print(f"wrote {', '.join(str(p) for p in written) or 'nothing'}")
+    print(f"wrote {len(written)} files to {out}: {_listing(written)}")
     return 0
 
 
